@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each module's `run()` returns tables to print."""

@@ -1,0 +1,1 @@
+"""What the domain packages share: settings, storage, secrets, Azure clients, auth, audit, errors, clock."""

@@ -1,0 +1,103 @@
+"""The FastAPI app: middleware, error handlers, docs, and every domain's router.
+
+Built once per process by `create_app()`; `function_app.py` wraps it for the Functions host
+and the local runner serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import problem_response
+from core.request_context import new_request_id, request_id
+
+MAX_BODY_BYTES = 256 * 1024
+log = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """Refuse request bodies over MAX_BODY_BYTES with 413, whether or not Content-Length says so."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        # Bodies are small JSON: read them whole (bounded), then replay to the app.
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413,
+            "Payload too large",
+            f"The request body is larger than {self.limit} bytes.",
+            code="payload-too-large",
+        )
+        await response(scope, receive, send)
+
+
+def create_app(routers: Sequence[APIRouter]) -> FastAPI:
+    """The API with the given domain routers (health and audit are always on)."""
+    from core import audit, health
+    from core.errors import install_problem_handlers
+
+    app = FastAPI(
+        title="azure-credential-broker",
+        version="1.0.0",
+        description="App connections to Azure, automatic client secret rotation, and Entra ID leases.",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    install_problem_handlers(app)
+    for router in (health.router, audit.router, *routers):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        token = request_id.set(new_request_id(request.headers.get("x-request-id")))
+        try:
+            response = await call_next(request)
+        finally:
+            rid = request_id.get()
+            request_id.reset(token)
+        response.headers["x-request-id"] = rid
+        return response
+
+    app.add_middleware(BodyLimit)
+    return app

@@ -1,0 +1,128 @@
+"""The audit log: who did what to which resource, when, with what result. Never a secret.
+
+Table `AuditLog`: PartitionKey = UTC day `YYYYMMDD`, RowKey = inverted milliseconds + random
+suffix, so a day reads newest first and a time range reads only its days.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from core import clock, tables
+from core.auth import Caller, Role, require
+from core.errors import FieldError, Unprocessable
+from core.models import ApiModel
+from core.request_context import request_id
+
+TABLE = "AuditLog"
+_MAX_MS = 10**15
+MAX_DETAIL = 500
+SYSTEM = Caller(id="system", name="broker timer")
+
+Result = Literal["success", "failure"]
+
+
+class AuditEntry(ApiModel):
+    id: str
+    at: str
+    actor_id: str
+    actor_name: str
+    action: str
+    resource_type: str
+    resource_id: str
+    result: Result
+    detail: str = ""
+    request_id: str = ""
+
+
+class AuditPage(ApiModel):
+    items: list[AuditEntry]
+
+
+def _keys(at: datetime) -> tuple[str, str]:
+    millis = int(at.timestamp() * 1000)
+    return at.strftime("%Y%m%d"), f"{_MAX_MS - millis:015d}-{secrets.token_hex(4)}"
+
+
+async def record(
+    caller: Caller,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    result: Result = "success",
+    detail: str = "",
+) -> None:
+    """Append one entry. `detail` must already be free of secrets (services pass error texts they built)."""
+    at = clock.now()
+    pk, rk = _keys(at)
+    await tables.insert(
+        TABLE,
+        pk,
+        rk,
+        {
+            "at": clock.isoformat(at),
+            "actorId": caller.id,
+            "actorName": caller.name,
+            "action": action,
+            "resourceType": resource_type,
+            "resourceId": resource_id,
+            "result": result,
+            "detail": detail[:MAX_DETAIL],
+            "requestId": request_id.get(),
+        },
+    )
+
+
+async def entries(
+    since: datetime, until: datetime, *, action: str | None, resource_id: str | None, limit: int
+) -> list[AuditEntry]:
+    """Entries in [since, until], newest first, reading only the days in range."""
+    out: list[AuditEntry] = []
+    day = until
+    filters = ["PartitionKey eq @pk", "at ge @since", "at le @until"]
+    params: dict[str, str] = {"since": clock.isoformat(since), "until": clock.isoformat(until)}
+    if action:
+        filters.append("action eq @action")
+        params["action"] = action
+    if resource_id:
+        filters.append("resourceId eq @rid")
+        params["rid"] = resource_id
+    while day.date() >= since.date() and len(out) < limit:
+        params["pk"] = day.strftime("%Y%m%d")
+        async for row in tables.query(TABLE, " and ".join(filters), params, limit=limit - len(out)):
+            out.append(AuditEntry(id=f"{row.pk}-{row.rk}", **{_snake(k): v for k, v in row.data.items()}))
+        day -= timedelta(days=1)
+    return out
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+
+@router.get("/audit-logs", response_model=AuditPage, summary="Who did what, when (Admin)")
+async def list_audit_logs(
+    caller: Annotated[Caller, Depends(require(Role.ADMIN))],
+    since: Annotated[datetime | None, Query(description="RFC 3339; default 7 days ago")] = None,
+    until: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
+    action: Annotated[str | None, Query(max_length=100)] = None,
+    resource_id: Annotated[str | None, Query(alias="resourceId", max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AuditPage:
+    end = until or clock.now()
+    start = since or end - timedelta(days=7)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Unprocessable(
+            "times need a zone", [FieldError("since/until", "use RFC 3339 with Z or an offset")]
+        )
+    if start > end or end - start > timedelta(days=90):
+        raise Unprocessable(
+            "bad time range", [FieldError("since", "must be before until and at most 90 days earlier")]
+        )
+    return AuditPage(items=await entries(start, end, action=action, resource_id=resource_id, limit=limit))

@@ -1,0 +1,202 @@
+"""Errors as RFC 9457 problem+json, raised by services and rendered by one set of handlers.
+
+Every 4xx/5xx the API answers goes through `problem_response`, so no handler can leak
+a stack trace or an exception's text that might hold a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE_BASE = "https://github.com/azure-credential-broker/azure-credential-broker/blob/main/docs/errors.md#"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One input problem: the field (dotted camelCase path) and how to fix it."""
+
+    field: str
+    message: str
+
+
+class Problem(Exception):
+    """A problem the caller can act on; subclasses fix the status, title and type code."""
+
+    status = 400
+    title = "Bad request"
+    code = "bad-request"
+
+    def __init__(
+        self,
+        detail: str,
+        errors: list[FieldError] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+        self.extra = extra or {}
+        if code:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.title}: {self.detail}"
+
+
+class BadRequest(Problem):
+    pass
+
+
+class Unauthorized(Problem):
+    status, title, code = 401, "Unauthorized", "unauthorized"
+
+
+class Forbidden(Problem):
+    status, title, code = 403, "Forbidden", "forbidden"
+
+
+class NotFound(Problem):
+    status, title, code = 404, "Not found", "not-found"
+
+
+class Conflict(Problem):
+    status, title, code = 409, "Conflict", "conflict"
+
+
+class PreconditionFailed(Problem):
+    status, title, code = 412, "Precondition failed", "precondition-failed"
+
+
+class PayloadTooLarge(Problem):
+    status, title, code = 413, "Payload too large", "payload-too-large"
+
+
+class Unprocessable(Problem):
+    status, title, code = 422, "Unprocessable content", "validation-failed"
+
+
+class UpstreamError(Problem):
+    status, title, code = 502, "Upstream error", "upstream-error"
+
+
+class Unavailable(Problem):
+    status, title, code = 503, "Service unavailable", "unavailable"
+
+
+class UpstreamTimeout(Problem):
+    status, title, code = 504, "Upstream timeout", "upstream-timeout"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    code: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": _TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": [{"field": e.field, "message": e.message} for e in errors or []],
+    }
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(item: dict[str, Any]) -> str:
+    kind = str(item.get("type", ""))
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field; remove it"
+    if kind == "json_invalid":
+        return "the body is not valid JSON: " + str(item.get("ctx", {}).get("error", "parse error"))
+    message = str(item.get("msg", "is invalid"))
+    return message.removeprefix("Value error, ")
+
+
+def _validation_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [FieldError(_location(tuple(e.get("loc", ()))), _validation_message(e)) for e in exc.errors()]
+    malformed = any(e.get("type") == "json_invalid" for e in exc.errors())
+    if malformed:
+        return problem_response(
+            400, "Malformed JSON", "The request body is not valid JSON.", code="malformed-json", errors=errors
+        )
+    return problem_response(
+        422,
+        "Unprocessable content",
+        "The request has invalid fields; see errors.",
+        code="validation-failed",
+        errors=errors,
+    )
+
+
+def _http_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden"}
+    detail = exc.detail if isinstance(exc.detail, str) else titles.get(exc.status_code, "HTTP error")
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "No route matches this path. The API lives under /api/v1; see /api/docs."
+    if exc.status_code == 405:
+        detail = "This route does not accept that method; see /api/docs."
+    return problem_response(
+        exc.status_code,
+        titles.get(exc.status_code, "HTTP error"),
+        detail,
+        code=titles.get(exc.status_code, "http-error").lower().replace(" ", "-"),
+        headers=dict(exc.headers or {}),
+    )
+
+
+def _domain_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(
+        exc.status,
+        exc.title,
+        exc.detail,
+        code=exc.code,
+        errors=exc.errors,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The exception's text may carry anything (a URL with a token, a secret): log its type only.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem_response(
+        500, "Internal error", "The broker hit an unexpected error; it was logged.", code="internal-error"
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Route every error the app can raise to problem+json."""
+    app.add_exception_handler(RequestValidationError, _validation_problem)
+    app.add_exception_handler(StarletteHTTPException, _http_problem)
+    app.add_exception_handler(Problem, _domain_problem)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,263 @@
+"""Azure Table Storage with optimistic concurrency.
+
+Every write of an existing row carries the ETag it read (`IfNotModified`); a lost race is
+`ConcurrencyConflict`, never a silent overwrite. Rows are plain dicts of JSON-able values;
+times are stored as ISO strings so that RowKey/property order is time order.
+Counters (`stats`) let benchmarks print how many operations and entities a job cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from core.errors import Conflict
+from core.loop_cache import PerLoop
+from core.settings import get_settings
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient, TableServiceClient
+
+_SYSTEM = {"PartitionKey", "RowKey", "Timestamp", "etag"}
+
+
+class ConcurrencyConflict(Conflict):
+    """The row changed (or vanished) since it was read; re-read and retry."""
+
+    code = "concurrency-conflict"
+
+
+class RowExists(Conflict):
+    """A row with that key already exists."""
+
+    code = "already-exists"
+
+
+@dataclass
+class Row:
+    """One entity: its keys, its properties and the ETag it was read with."""
+
+    table: str
+    pk: str
+    rk: str
+    data: dict[str, Any]
+    etag: str | None = None
+
+
+@dataclass
+class TableStats:
+    """Operation counters, for benchmarks (cost per rotation, entities read per sweep)."""
+
+    operations: int = 0
+    entities_read: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def count(self, kind: str, read: int = 0) -> None:
+        self.operations += 1
+        self.entities_read += read
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+
+    def reset(self) -> None:
+        self.operations = self.entities_read = 0
+        self.by_kind = {}
+
+
+stats = TableStats()
+
+BatchOp = tuple[Literal["create", "upsert", "update", "delete"], str, str, Mapping[str, Any], str | None]
+
+
+async def _service() -> TableServiceClient:
+    from azure.data.tables.aio import TableServiceClient
+
+    settings = get_settings()
+    if settings.tables_connection_string:
+        return TableServiceClient.from_connection_string(settings.tables_connection_string.get_secret_value())
+    from core.azure_clients import broker_credential
+
+    assert settings.tables_endpoint
+    return TableServiceClient(endpoint=settings.tables_endpoint, credential=await broker_credential())
+
+
+_services: PerLoop[TableServiceClient] = PerLoop(_service)
+_created: set[str] = set()
+
+
+def table_name(kind: str) -> str:
+    """The physical table for an entity kind (the optional prefix isolates deployments)."""
+    return f"{get_settings().table_prefix}{kind}"
+
+
+async def _client(table: str) -> TableClient:
+    service = await _services.get()
+    name = table_name(table)
+    if name not in _created:
+        await service.create_table_if_not_exists(name)
+        _created.add(name)
+    return service.get_table_client(name)
+
+
+def _row(table: str, entity: Mapping[str, Any]) -> Row:
+    data = {k: v for k, v in entity.items() if k not in _SYSTEM}
+    etag = getattr(entity, "metadata", {}).get("etag")
+    return Row(table, str(entity["PartitionKey"]), str(entity["RowKey"]), data, etag)
+
+
+def _entity(pk: str, rk: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{k: v for k, v in data.items() if v is not None}, "PartitionKey": pk, "RowKey": rk}
+
+
+def _match(etag: str | None) -> dict[str, Any]:
+    from azure.core import MatchConditions
+
+    if etag is None:
+        return {"match_condition": MatchConditions.Unconditionally}
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+async def get(table: str, pk: str, rk: str) -> Row | None:
+    """Read one row, or None."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    client = await _client(table)
+    try:
+        entity = await client.get_entity(pk, rk)
+    except ResourceNotFoundError:
+        stats.count("get")
+        return None
+    stats.count("get", read=1)
+    return _row(table, entity)
+
+
+async def insert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
+    """Create a row; `RowExists` if the key is taken (the way to claim a unique name)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    client = await _client(table)
+    stats.count("insert")
+    try:
+        meta = await client.create_entity(_entity(pk, rk, data))
+    except ResourceExistsError:
+        raise RowExists(f"{table} {pk}/{rk} already exists") from None
+    return Row(table, pk, rk, dict(data), meta.get("etag"))
+
+
+async def replace(row: Row, data: Mapping[str, Any] | None = None) -> Row:
+    """Write `row` back (or `data` in its place) only if nobody changed it since it was read."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.data.tables import UpdateMode
+
+    client = await _client(row.table)
+    new = dict(row.data if data is None else data)
+    stats.count("replace")
+    try:
+        meta = await client.update_entity(
+            _entity(row.pk, row.rk, new), mode=UpdateMode.REPLACE, **_match(row.etag)
+        )
+    except ResourceNotFoundError:
+        raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} was deleted meanwhile") from None
+    except HttpResponseError as error:
+        if error.status_code in (409, 412):
+            raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} changed meanwhile") from None
+        raise
+    return Row(row.table, row.pk, row.rk, new, meta.get("etag"))
+
+
+async def upsert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
+    """Create or replace unconditionally (only for rows with a single writer, like index entries)."""
+    from azure.data.tables import UpdateMode
+
+    client = await _client(table)
+    stats.count("upsert")
+    meta = await client.upsert_entity(_entity(pk, rk, data), mode=UpdateMode.REPLACE)
+    return Row(table, pk, rk, dict(data), meta.get("etag"))
+
+
+async def delete(table: str, pk: str, rk: str, etag: str | None = None) -> None:
+    """Delete a row (idempotent without an ETag; `ConcurrencyConflict` if the ETag no longer matches)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    client = await _client(table)
+    stats.count("delete")
+    try:
+        await client.delete_entity(pk, rk, **_match(etag))
+    except ResourceNotFoundError:
+        if etag is not None:
+            raise ConcurrencyConflict(f"{table} {pk}/{rk} was deleted meanwhile") from None
+    except HttpResponseError as error:
+        if error.status_code in (409, 412):
+            raise ConcurrencyConflict(f"{table} {pk}/{rk} changed meanwhile") from None
+        raise
+
+
+async def query(
+    table: str,
+    filter: str,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    select: list[str] | None = None,
+    page_size: int = 1000,
+    limit: int | None = None,
+) -> AsyncIterator[Row]:
+    """Rows matching an OData filter, with `@name` parameters (never string-built values)."""
+    client = await _client(table)
+    stats.count("query")
+    pages = client.query_entities(
+        filter, parameters=dict(parameters or {}), select=select, results_per_page=page_size
+    ).by_page()
+    seen = 0
+    async for page in pages:
+        async for entity in page:
+            stats.entities_read += 1
+            yield _row(table, entity)
+            seen += 1
+            if limit is not None and seen >= limit:
+                return
+
+
+async def partition(table: str, pk: str, *, limit: int | None = None) -> list[Row]:
+    """Every row of one partition (small partitions only)."""
+    return [row async for row in query(table, "PartitionKey eq @pk", {"pk": pk}, limit=limit)]
+
+
+async def batch(table: str, operations: Iterable[BatchOp]) -> None:
+    """One atomic transaction within one partition (at most 100 operations)."""
+    from azure.data.tables import TableTransactionError, UpdateMode
+
+    ops: list[Any] = []
+    for kind, pk, rk, data, etag in operations:
+        entity = _entity(pk, rk, data)
+        if kind == "create":
+            ops.append(("create", entity))
+        elif kind == "upsert":
+            ops.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
+        elif kind == "update":
+            ops.append(("update", entity, {"mode": UpdateMode.REPLACE, **_match(etag)}))
+        else:
+            ops.append(("delete", entity, _match(etag)))
+    if not ops:
+        return
+    if len(ops) > 100:
+        raise ValueError("a table transaction holds at most 100 operations")
+    client = await _client(table)
+    stats.count("batch")
+    try:
+        await client.submit_transaction(ops)
+    except TableTransactionError as error:
+        if error.status_code in (404, 409, 412):
+            raise ConcurrencyConflict(f"{table}: a row in the batch changed meanwhile") from None
+        raise
+
+
+async def ping() -> None:
+    """Readiness: the table service answers."""
+    service = await _services.get()
+    async for _ in service.list_tables(results_per_page=1).by_page():
+        break
+
+
+def reset_clients() -> None:
+    """Forget clients and created tables (settings changed, e.g. in tests)."""
+    _services.clear()
+    _created.clear()
