@@ -86,6 +86,7 @@ def graph_client(
     )
     from kiota_http.middleware.options import RetryHandlerOption
     from msgraph.graph_request_adapter import GraphRequestAdapter
+    from msgraph.graph_request_adapter import options as graph_defaults
     from msgraph.graph_service_client import GraphServiceClient
     from msgraph_core import GraphClientFactory
 
@@ -93,7 +94,11 @@ def graph_client(
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[graph_scope()], allowed_hosts=[host])
     http = GraphClientFactory.create_with_default_middleware(
         client=httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_SECONDS), http2=False),
-        options={RetryHandlerOption.get_key(): RetryHandlerOption(delay=1, max_retries=max_retries)},
+        # msgraph's own options too (e.g. `/users/me-token-to-replace` -> `/me`, which `client.me` needs)
+        options={
+            **graph_defaults,
+            RetryHandlerOption.get_key(): RetryHandlerOption(delay=1, max_retries=max_retries),
+        },
     )
     adapter = GraphRequestAdapter(auth, http)
     adapter.base_url = graph_base_url()

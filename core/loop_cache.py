@@ -14,12 +14,21 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+_registry: list[PerLoop[object]] = []
+
+
+async def close_all() -> None:
+    """Close every cached client of the running loop (at shutdown, so no session is left open)."""
+    for cache in reversed(_registry):
+        await cache.close()
+
 
 class PerLoop(Generic[T]):
     """Lazily build a value once per running event loop."""
 
     def __init__(self, factory: Callable[[], Awaitable[T]]) -> None:
         self._factory = factory
+        _registry.append(self)  # type: ignore[arg-type]
         self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[T]] = (
             weakref.WeakKeyDictionary()
         )
@@ -38,6 +47,18 @@ class PerLoop(Generic[T]):
                 future.exception()  # mark retrieved; the caller gets the error below
                 raise
         return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Close this loop's value (SDK clients have `close()`, httpx has `aclose()`) and forget it."""
+        future = self._values.pop(asyncio.get_running_loop(), None)
+        if future is None or not future.done() or future.exception() is not None:
+            return
+        value: object = future.result()
+        closer = getattr(value, "aclose", None) or getattr(value, "close", None)
+        if closer is not None:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
 
     def clear(self) -> None:
         """Forget every value (settings changed); the next `get` builds anew."""

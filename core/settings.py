@@ -29,7 +29,9 @@ def _root_url(value: str) -> str:
 class Settings(BaseSettings):
     """App settings (environment variables; names are the contract in DESIGN.md)."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # State: Table Storage by managed identity (Azure) or connection string (Azurite).
     tables_endpoint: str | None = None

@@ -35,6 +35,7 @@ async def _serve() -> None:
     import uvicorn
 
     import function_app
+    from core.loop_cache import close_all
     from core.runner import run_timers
 
     server = uvicorn.Server(uvicorn.Config(function_app.api, host=HOST, port=PORT, log_level="info"))
@@ -43,6 +44,7 @@ async def _serve() -> None:
         await server.serve()
     finally:
         timers.cancel()
+        await close_all()
 
 
 def main() -> None:

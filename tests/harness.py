@@ -33,6 +33,9 @@ class ServerHandle:
         return future.result(timeout)
 
     def stop(self) -> None:
+        from core.loop_cache import close_all
+
+        self.run(close_all())
         self.server.should_exit = True
         self.thread.join(timeout=10)
 

@@ -29,7 +29,7 @@ def test_missing_token_is_401_with_a_challenge(broker: ServerHandle) -> None:
     assert "Authorization: Bearer" in body["detail"]
 
 
-@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "token abc"])
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "token abc"])
 def test_other_schemes_are_401(broker: ServerHandle, header: str) -> None:
     assert_problem(httpx.get(broker.url + PROTECTED, headers={"Authorization": header}), 401)
 
