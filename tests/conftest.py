@@ -44,7 +44,9 @@ def fake_azure() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def broker_tenant(fake_azure: Any) -> Any:
     """The tenant the broker itself lives in (its API app, its own identity for Key Vault)."""
-    return fake_azure.add_tenant(domain="broker.example.com")
+    tenant = fake_azure.add_tenant(domain="broker.example.com")
+    fake_azure.set_vault_tenant(tenant)  # the vault trusts the broker's own tenant only
+    return tenant
 
 
 @pytest.fixture(scope="session")
