@@ -7,7 +7,7 @@ import sys
 
 from bench.table import render
 
-MODULES = ["bench.cold_start"]
+MODULES = ["bench.cold_start", "bench.rotation"]
 
 
 def main() -> None:

@@ -57,7 +57,9 @@ param stateTableNames array = [
   'AuditLog'
   'AppConnections'
   'AppConnectionNames'
+  'OAuthStates'
   'Rotations'
+  'RotationDue'
 ]
 
 @description('Public base URL of the broker (SITE_URL; OAuth redirect URIs start with it). Empty: https://<function app>.azurewebsites.net')

@@ -1,0 +1,382 @@
+"""The Azure Client Secrets connection: Graph access to a tenant by OAuth, client secret or certificate.
+
+Public service (other packages use these; rotation/ in particular): `get_connection`,
+`graph_client_for`, `read_client_secret`, `store_client_secret`, `invalidate_client`.
+Routes add create/list/update/delete and the OAuth start.
+
+Credentials are validated on create and on every credential change: a token is acquired
+(step `token-acquisition`) and Graph is called (step `graph-call`: the app itself by appId for
+app credentials, `/me` for OAuth). Nothing is stored unless both work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from connections import lifecycle, oauth, store
+from connections.azure_errors import credential_problem, graph_problem, within_deadline
+from connections.certificates import check_certificate
+from connections.fields import CertificateCredentials, ClientSecretCredentials
+from connections.lifecycle import ConnectionChanges, KindSpec, Material
+from connections.store import ConnectionRecord, CredentialCache
+from core import clock
+from core.auth import Caller
+from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
+from core.errors import Conflict, FieldError, Unavailable
+from core.models import ApiModel
+from core.tables import ConcurrencyConflict
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+    from msgraph.graph_service_client import GraphServiceClient
+
+KIND = "azure-client-secrets"
+RESOURCE = "azure-client-secrets-connection"
+AUTHORIZE_PATH = "/api/v1/app-connections/azure-client-secrets/oauth/authorize"
+Method = Literal["oauth", "client-secret", "certificate"]
+# Token requests are retried by azure-core (honouring Retry-After), bounded under the step deadline.
+TOKEN_RETRIES = 3
+
+__all__ = [
+    "ClientSecretConnection",
+    "ConnectionChanges",
+    "get_connection",
+    "graph_client_for",
+    "invalidate_client",
+    "read_client_secret",
+    "store_client_secret",
+]
+
+
+class CertificateInfo(ApiModel):
+    """The public facts of a certificate connection (never the key)."""
+
+    thumbprint: str  # SHA-256, base64url: the x5t#S256 the client assertion carries
+    thumbprint_sha1: str  # as the Portal shows it
+    subject: str
+    not_after: str
+
+
+class ClientSecretConnection(ApiModel):
+    """An Azure Client Secrets connection as services and responses see it (no secret material)."""
+
+    id: str
+    name: str
+    description: str | None = None
+    method: Method
+    tenant_id: str
+    client_id: str
+    status: str = "active"
+    certificate: CertificateInfo | None = None
+    authorized_user: str | None = None  # OAuth: who consented
+    created_at: str
+    updated_at: str
+    created_by: str = ""
+
+
+def to_connection(record: ConnectionRecord) -> ClientSecretConnection:
+    cert = None
+    if record.method == "certificate" and record.meta:
+        cert = CertificateInfo(
+            thumbprint=record.meta.get("thumbprint", ""),
+            thumbprint_sha1=record.meta.get("thumbprintSha1", ""),
+            subject=record.meta.get("subject", ""),
+            not_after=record.meta.get("notAfter", ""),
+        )
+    return ClientSecretConnection(
+        id=record.id,
+        name=record.name,
+        description=record.description,
+        method=record.method,
+        tenant_id=record.tenant_id or "",
+        client_id=record.client_id or "",
+        status=record.status,
+        certificate=cert,
+        authorized_user=record.meta.get("user") if record.method == "oauth" else None,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        created_by=record.created_by,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- reads
+
+
+async def get_connection(connection_id: str) -> ClientSecretConnection:
+    """The connection, or a 404 problem."""
+    return to_connection(await store.get_record(KIND, connection_id))
+
+
+async def get_connection_with_etag(connection_id: str) -> tuple[ClientSecretConnection, str | None]:
+    record = await store.get_record(KIND, connection_id)
+    return to_connection(record), record.etag
+
+
+async def list_connections() -> list[ClientSecretConnection]:
+    return [to_connection(r) for r in await store.list_records(KIND)]
+
+
+# ---------------------------------------------------------------------------------------------- credentials
+
+
+def _material(method: str, credentials: Any) -> Material:
+    if isinstance(credentials, ClientSecretCredentials):
+        secret = credentials.client_secret.get_secret_value()
+        return {"clientSecret": secret}, {}, [secret]
+    assert isinstance(credentials, CertificateCredentials)
+    key = credentials.private_key.get_secret_value()
+    checked = check_certificate(credentials.certificate, key)
+    meta = {
+        "thumbprint": checked.thumbprint_sha256,
+        "thumbprintSha1": checked.thumbprint_sha1,
+        "subject": checked.subject,
+        "notAfter": clock.isoformat(checked.not_after),
+    }
+    return {"certificate": checked.bundle.decode()}, meta, [key]
+
+
+def _credential(tenant_id: str, client_id: str, method: str, secrets: dict[str, str]) -> AsyncTokenCredential:
+    if method == "certificate":
+        return certificate_credential(tenant_id, client_id, secrets["certificate"].encode())
+    return client_secret_credential(tenant_id, client_id, secrets["clientSecret"])
+
+
+async def close_graph(client: GraphServiceClient) -> None:
+    """Close the httpx client under a Graph client we built."""
+    http = getattr(client.request_adapter, "_http_client", None)
+    if http is not None:
+        await http.aclose()
+
+
+async def validate_app_credentials(
+    tenant_id: str, client_id: str, method: str, secrets: dict[str, str], redact: list[str]
+) -> None:
+    """Prove app credentials work: acquire a Graph token, then read the app itself from Graph."""
+    try:
+        credential = _credential(tenant_id, client_id, method, secrets)
+    except ValueError as error:
+        raise credential_problem(error) from None
+    client: GraphServiceClient | None = None
+    try:
+        try:
+            await within_deadline(
+                # enable_cae as the Graph client asks, so the Graph call reuses this cached token
+                credential.get_token(graph_scope(), enable_cae=True, retry_total=TOKEN_RETRIES),
+                "token-acquisition",
+            )
+        except Exception as error:
+            raise credential_problem(error, redact=redact) from None
+        client = graph_client(credential)
+        try:
+            await within_deadline(client.applications_with_app_id(client_id).get(), "graph-call")
+        except Exception as error:
+            raise graph_problem(error, redact=redact) from None
+    finally:
+        await credential.close()
+        if client is not None:
+            await close_graph(client)
+
+
+async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> None:
+    await validate_app_credentials(
+        record.tenant_id or "", record.client_id or "", record.method, secrets, redact
+    )
+
+
+async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:
+    current: dict[str, Any] = {"tenantId": record.tenant_id, "clientId": record.client_id}
+    if record.method == "client-secret":
+        current["clientSecret"] = await store.read_secret(record, "clientSecret")
+    elif record.method == "certificate":
+        bundle = await store.read_secret(record, "certificate")
+        end = bundle.index("-----END PRIVATE KEY-----") + len("-----END PRIVATE KEY-----")
+        current["privateKey"], current["certificate"] = bundle[:end].strip(), bundle[end:].strip()
+    return current
+
+
+# ---------------------------------------------------------------------------------------------- writes
+
+
+async def create_connection(
+    name: str,
+    description: str | None,
+    credentials: ClientSecretCredentials | CertificateCredentials,
+    caller: Caller,
+) -> ClientSecretConnection:
+    """Validate and store a client-secret or certificate connection."""
+    method = "client-secret" if isinstance(credentials, ClientSecretCredentials) else "certificate"
+    return to_connection(await lifecycle.create(SPEC, name, description, method, credentials, caller))
+
+
+async def update_connection(
+    connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None = None
+) -> ClientSecretConnection:
+    """Rename, redescribe and/or re-credential (validated first); a lost ETag race is a 409."""
+    return to_connection(await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match))
+
+
+async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
+    await lifecycle.delete(SPEC, connection_id, caller, if_match=if_match)
+
+
+async def rollback_create(connection_id: str, caller: Caller, reason: str) -> None:
+    """Undo a create whose rotation settings were refused."""
+    await lifecycle.rollback_create(SPEC, connection_id, caller, reason)
+
+
+# ------------------------------------------------------------------------------------- Graph for others
+
+
+_graph_clients: CredentialCache[GraphServiceClient] = CredentialCache()
+
+
+async def _connection_credential(record: ConnectionRecord) -> AsyncTokenCredential:
+    if record.method == "oauth":
+        return oauth.RefreshTokenCredential(
+            oauth.kind_of(KIND), record.tenant_id or "", record.secret_refs["refreshToken"]
+        )
+    purpose = "certificate" if record.method == "certificate" else "clientSecret"
+    value = await store.read_secret(record, purpose)
+    return _credential(record.tenant_id or "", record.client_id or "", record.method, {purpose: value})
+
+
+async def graph_client_for(connection_id: str) -> GraphServiceClient:
+    """A Graph client authenticated as the connection with its CURRENT credential (cached per revision)."""
+    record = await store.get_record(KIND, connection_id)
+
+    async def build() -> tuple[GraphServiceClient, Any]:
+        credential = await _connection_credential(record)
+        client = graph_client(credential)
+
+        async def close() -> None:
+            await credential.close()
+            await close_graph(client)
+
+        return client, close
+
+    return await _graph_clients.get(record, build)
+
+
+async def invalidate_client(connection_id: str) -> None:
+    """Drop the cached credential and Graph client of a connection (this process)."""
+    await _graph_clients.invalidate(connection_id)
+
+
+def _require_client_secret(record: ConnectionRecord) -> None:
+    if record.method != "client-secret":
+        raise Conflict(
+            f"connection {record.id} uses method {record.method}; "
+            "only client-secret connections have a client secret",
+            code="wrong-method",
+        )
+
+
+async def read_client_secret(connection_id: str) -> str:
+    """The connection's current client secret (for the rotator; never for a response)."""
+    record = await store.get_record(KIND, connection_id)
+    _require_client_secret(record)
+    return await store.read_secret(record, "clientSecret")
+
+
+async def store_client_secret(connection_id: str, secret: str) -> None:
+    """Make `secret` the connection's client secret.
+
+    The secret goes under a new name (a new revision), the row is flipped to it with an ETag write,
+    then the old name is deleted and cached clients dropped; a concurrent row change retries.
+    """
+    for _ in range(5):
+        record = await store.get_record(KIND, connection_id)
+        _require_client_secret(record)
+        rev = store.new_rev()
+        refs = await store.put_secrets(KIND, record.id, rev, {"clientSecret": secret})
+        updated = replace(
+            record, credential_rev=rev, secret_refs=refs, updated_at=clock.isoformat(clock.now())
+        )
+        try:
+            await store.replace_record(updated)
+        except ConcurrencyConflict:
+            await store.delete_secrets(refs)
+            continue
+        except BaseException:
+            await store.delete_secrets(refs)
+            raise
+        await store.delete_secrets(record.secret_refs)
+        await invalidate_client(record.id)
+        return
+    raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
+
+
+# ---------------------------------------------------------------------------------------------- OAuth
+
+
+async def start_oauth(name: str, tenant_id: str, description: str | None, caller: Caller) -> str:
+    """The authorize URL for a new OAuth connection (the name is checked now, claimed at the callback)."""
+    if await store.name_taken(KIND, name):
+        raise Conflict(
+            f"an Azure Client Secrets connection named {name!r} already exists",
+            [FieldError("name", "is taken; choose another name or delete the other connection")],
+            code="name-taken",
+        )
+    return await oauth.start_authorization(
+        KIND, tenant_id, {"name": name, "description": description}, caller
+    )
+
+
+async def _complete_oauth(
+    pending: oauth.PendingAuthorization, tokens: oauth.TokenSet
+) -> ClientSecretConnection:
+    """The callback's last step for this kind: check `/me` with the delegated token, then create."""
+    name, tenant = str(pending.params["name"]), str(pending.params["tenantId"])
+    token_tenant = oauth.check_grant(tokens, tenant)
+    credential = oauth.StaticTokenCredential(tokens.access_token, tokens.expires_on)
+    client = graph_client(credential)
+    try:
+        me = await within_deadline(client.me.get(), "graph-call")
+    except Exception as error:
+        raise graph_problem(error, delegated=True) from None
+    finally:
+        await close_graph(client)
+    now = clock.isoformat(clock.now())
+    record = ConnectionRecord(
+        kind=KIND,
+        id=store.new_id(),
+        name=name,
+        method="oauth",
+        description=pending.params.get("description"),
+        tenant_id=token_tenant or tenant,
+        client_id=oauth.operator_app(oauth.kind_of(KIND)).client_id,
+        credential_rev=store.new_rev(),
+        meta={"user": str(getattr(me, "user_principal_name", "") or "")},
+        created_at=now,
+        updated_at=now,
+        created_by=pending.caller.name,
+    )
+    assert tokens.refresh_token
+    created = await lifecycle.insert(
+        SPEC, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False
+    )
+    return to_connection(created)
+
+
+SPEC = KindSpec(
+    kind=KIND,
+    resource=RESOURCE,
+    credential_models={"client-secret": ClientSecretCredentials, "certificate": CertificateCredentials},
+    material=_material,
+    validate=_validate,
+    current_credentials=_current_credentials,
+    invalidate=invalidate_client,
+    reauthorize_hint=f"sign in again with POST {AUTHORIZE_PATH} (a new connection)",
+    paired_fields={"certificate": ("certificate", "privateKey")},
+)
+
+oauth.register(
+    oauth.OAuthKind(
+        kind=KIND,
+        client_id_setting="INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID",
+        client_secret_setting="INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET",  # noqa: S106
+        scope=graph_scope,
+        complete=_complete_oauth,
+    )
+)

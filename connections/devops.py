@@ -1,0 +1,436 @@
+"""The Azure DevOps connection: one organization, by OAuth, a personal access token or an app's client secret.
+
+Validated on create (and on credential change) by listing the organization's projects; the
+connection lists projects afterwards, page by page (DevOps continuation tokens). Only
+`AZURE_DEVOPS_ENDPOINT` + a validated organization name is ever called, without following
+redirects (a redirect is DevOps sending a bad credential to its sign-in page).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+from connections import lifecycle, oauth, store
+from connections.azure_errors import (
+    DEVOPS_SCOPES,
+    AzureRejected,
+    Explanation,
+    credential_problem,
+    rejected,
+    retry_after_seconds,
+    send_with_retries,
+    server_problem,
+    throttled_problem,
+    within_deadline,
+)
+from connections.fields import DevOpsAccessTokenCredentials, DevOpsClientSecretCredentials
+from connections.lifecycle import ConnectionChanges, KindSpec, Material
+from connections.store import ConnectionRecord, CredentialCache
+from core import clock
+from core.auth import Caller
+from core.azure_clients import client_secret_credential, http_client
+from core.errors import Conflict, FieldError, Problem, Unprocessable
+from core.models import ApiModel
+from core.settings import get_settings
+
+if TYPE_CHECKING:
+    import httpx
+    from azure.core.credentials_async import AsyncTokenCredential
+
+KIND = "azure-devops"
+RESOURCE = "azure-devops-connection"
+AUTHORIZE_PATH = "/api/v1/app-connections/azure-devops/oauth/authorize"
+# Azure DevOps as an Entra resource (its well-known application id).
+DEVOPS_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
+DEVOPS_SCOPE = f"{DEVOPS_RESOURCE}/.default"
+API_VERSION = "7.1"
+TOKEN_RETRIES = 3
+CONTINUATION = re.compile(r"^[A-Za-z0-9+/=_.~-]{1,512}$")
+Method = Literal["oauth", "access-token", "client-secret"]
+
+__all__ = ["ConnectionChanges", "DevOpsConnection", "Project", "ProjectPage"]
+
+
+class DevOpsConnection(ApiModel):
+    """An Azure DevOps connection (no secret material)."""
+
+    id: str
+    name: str
+    description: str | None = None
+    method: Method
+    org_name: str
+    tenant_id: str | None = None
+    client_id: str | None = None
+    status: str = "active"
+    authorized_user: str | None = None
+    created_at: str
+    updated_at: str
+    created_by: str = ""
+
+
+class Project(ApiModel):
+    id: str
+    name: str
+    description: str | None = None
+    state: str | None = None
+    visibility: str | None = None
+    last_update_time: str | None = None
+
+
+class ProjectPage(ApiModel):
+    items: list[Project]
+    continuation_token: str | None = None
+
+
+def to_connection(record: ConnectionRecord) -> DevOpsConnection:
+    return DevOpsConnection(
+        id=record.id,
+        name=record.name,
+        description=record.description,
+        method=record.method,
+        org_name=record.org_name or "",
+        tenant_id=record.tenant_id,
+        client_id=record.client_id,
+        status=record.status,
+        authorized_user=record.meta.get("user") if record.method == "oauth" else None,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        created_by=record.created_by,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- REST
+
+
+def _credential_field(method: str) -> str:
+    return {"access-token": "accessToken", "client-secret": "clientId"}.get(method, "token")
+
+
+def devops_problem(response: httpx.Response, method: str, org: str) -> Problem:
+    """A DevOps answer other than a page of projects, as a problem naming the cause."""
+    status = response.status_code
+    content_type = response.headers.get("content-type", "")
+    field_prefix = "credentials." if method != "oauth" else ""
+    location = response.headers.get("location", "")
+    if status == 203 or 300 <= status < 400 or (status == 200 and "html" in content_type):
+        where = f" (redirected to {location.split('?')[0][:100]})" if location else ""
+        return rejected(
+            "devops-call",
+            Explanation(
+                _credential_field(method),
+                "Azure DevOps answered with its sign-in page: the token is invalid, revoked or not for "
+                f"organization {org}{where}",
+            ),
+            azure_code="SignInRedirect",
+            azure_status=status,
+            field_prefix=field_prefix,
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    type_key = str(body.get("typeKey", "")) if isinstance(body, dict) else ""
+    tf_code = re.search(r"TF\d+", message)
+    azure_code = tf_code.group(0) if tf_code else (type_key or None)
+    if status == 429:
+        return throttled_problem("devops-call", retry_after_seconds(response.headers), azure_code)
+    if status >= 500:
+        return server_problem("devops-call", status, azure_code)
+    lowered = message.lower()
+    if status == 404:
+        explanation = Explanation("orgName", f"organization not found: {org} does not exist in Azure DevOps")
+    elif status == 403 or (status == 401 and "scope" in lowered):
+        explanation = Explanation(
+            _credential_field(method), f"the token is missing a required scope; grant {DEVOPS_SCOPES}"
+        )
+    elif status == 401 and "expired" in lowered:
+        explanation = Explanation(
+            _credential_field(method), "token invalid or expired: the token has expired"
+        )
+    elif status == 401 and method == "client-secret":
+        explanation = Explanation(
+            "clientId",
+            f"token invalid or expired, or the app is not a member of organization {org} "
+            "(add its service principal to the organization)",
+        )
+    elif status == 401:
+        explanation = Explanation(_credential_field(method), "token invalid or expired")
+    else:
+        explanation = Explanation("orgName", "Azure DevOps refused the request; see azureCode")
+    return rejected(
+        "devops-call",
+        explanation,
+        azure_code=azure_code,
+        azure_status=status,
+        azure_message=message[:300],
+        field_prefix=field_prefix,
+    )
+
+
+async def _projects(
+    org: str, authorization: str, method: str, *, top: int, continuation: str | None
+) -> ProjectPage:
+    """One page of the organization's projects."""
+    client = await http_client()
+    url = f"{get_settings().azure_devops_endpoint}/{org}/_apis/projects"
+    params: dict[str, str] = {"api-version": API_VERSION, "$top": str(top)}
+    if continuation:
+        params["continuationToken"] = continuation
+    headers = {"Authorization": authorization, "Accept": "application/json"}
+
+    async def send() -> httpx.Response:
+        return await client.get(url, params=params, headers=headers)
+
+    response = await within_deadline(send_with_retries(send, step="devops-call"), "devops-call")
+    if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+        raise devops_problem(response, method, org)
+    body = response.json()
+    items = [
+        Project(
+            id=str(p.get("id", "")),
+            name=str(p.get("name", "")),
+            description=p.get("description"),
+            state=p.get("state"),
+            visibility=p.get("visibility"),
+            last_update_time=p.get("lastUpdateTime"),
+        )
+        for p in body.get("value", [])
+        if isinstance(p, dict)
+    ]
+    token = response.headers.get("x-ms-continuationtoken")
+    return ProjectPage(items=items, continuation_token=token if token and CONTINUATION.match(token) else None)
+
+
+def _basic(pat: str) -> str:
+    return "Basic " + base64.b64encode(f":{pat}".encode()).decode()
+
+
+async def _bearer(credential: AsyncTokenCredential, redact: list[str]) -> str:
+    try:
+        token = await within_deadline(
+            credential.get_token(DEVOPS_SCOPE, retry_total=TOKEN_RETRIES), "token-acquisition"
+        )
+    except Problem:
+        raise
+    except Exception as error:
+        raise credential_problem(error, redact=redact) from None
+    return f"Bearer {token.token}"
+
+
+# ---------------------------------------------------------------------------------------------- credentials
+
+
+def _material(method: str, credentials: Any) -> Material:
+    if isinstance(credentials, DevOpsAccessTokenCredentials):
+        token = credentials.access_token.get_secret_value()
+        return {"accessToken": token}, {}, [token]
+    assert isinstance(credentials, DevOpsClientSecretCredentials)
+    secret = credentials.client_secret.get_secret_value()
+    return {"clientSecret": secret}, {}, [secret]
+
+
+async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> None:
+    org = record.org_name or ""
+    if record.method == "access-token":
+        await _projects(org, _basic(secrets["accessToken"]), record.method, top=1, continuation=None)
+        return
+    credential = client_secret_credential(
+        record.tenant_id or "", record.client_id or "", secrets["clientSecret"]
+    )
+    try:
+        authorization = await _bearer(credential, redact)
+        await _projects(org, authorization, record.method, top=1, continuation=None)
+    finally:
+        await credential.close()
+
+
+async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:
+    current: dict[str, Any] = {"orgName": record.org_name}
+    if record.method == "access-token":
+        current["accessToken"] = await store.read_secret(record, "accessToken")
+    elif record.method == "client-secret":
+        current.update({"tenantId": record.tenant_id, "clientId": record.client_id})
+        current["clientSecret"] = await store.read_secret(record, "clientSecret")
+    return current
+
+
+class _Authorizer:
+    """The Authorization header of one connection (refreshed as its credential requires)."""
+
+    def __init__(self, record: ConnectionRecord) -> None:
+        self._record = record
+        self._credential: Any = None
+        self._basic: str | None = None
+
+    async def header(self) -> str:
+        record = self._record
+        if record.method == "access-token":
+            if self._basic is None:
+                self._basic = _basic(await store.read_secret(record, "accessToken"))
+            return self._basic
+        if self._credential is None:
+            if record.method == "oauth":
+                self._credential = oauth.RefreshTokenCredential(
+                    oauth.kind_of(KIND), record.tenant_id or "", record.secret_refs["refreshToken"]
+                )
+            else:
+                secret = await store.read_secret(record, "clientSecret")
+                self._credential = client_secret_credential(
+                    record.tenant_id or "", record.client_id or "", secret
+                )
+        return await _bearer(self._credential, [])
+
+    async def close(self) -> None:
+        if self._credential is not None:
+            await self._credential.close()
+
+
+_authorizers: CredentialCache[_Authorizer] = CredentialCache()
+
+
+async def invalidate_client(connection_id: str) -> None:
+    await _authorizers.invalidate(connection_id)
+
+
+# ---------------------------------------------------------------------------------------------- service
+
+
+async def get_connection(connection_id: str) -> DevOpsConnection:
+    return to_connection(await store.get_record(KIND, connection_id))
+
+
+async def get_connection_with_etag(connection_id: str) -> tuple[DevOpsConnection, str | None]:
+    record = await store.get_record(KIND, connection_id)
+    return to_connection(record), record.etag
+
+
+async def list_connections() -> list[DevOpsConnection]:
+    return [to_connection(r) for r in await store.list_records(KIND)]
+
+
+async def create_connection(
+    name: str,
+    description: str | None,
+    credentials: DevOpsAccessTokenCredentials | DevOpsClientSecretCredentials,
+    caller: Caller,
+) -> DevOpsConnection:
+    method = "access-token" if isinstance(credentials, DevOpsAccessTokenCredentials) else "client-secret"
+    return to_connection(await lifecycle.create(SPEC, name, description, method, credentials, caller))
+
+
+async def update_connection(
+    connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None = None
+) -> DevOpsConnection:
+    return to_connection(await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match))
+
+
+async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
+    await lifecycle.delete(SPEC, connection_id, caller, if_match=if_match)
+
+
+async def list_projects(
+    connection_id: str, *, top: int = 100, continuation: str | None = None
+) -> ProjectPage:
+    """One page of the organization's projects, through the connection's credential."""
+    if continuation is not None and not CONTINUATION.match(continuation):
+        raise Unprocessable(
+            "continuationToken is not one Azure DevOps issued",
+            [FieldError("continuationToken", "use the continuationToken of the previous page")],
+        )
+    record = await store.get_record(KIND, connection_id)
+
+    async def build() -> tuple[_Authorizer, Any]:
+        authorizer = _Authorizer(record)
+        return authorizer, authorizer.close
+
+    authorizer = await _authorizers.get(record, build)
+    try:
+        return await _projects(
+            record.org_name or "",
+            await authorizer.header(),
+            record.method,
+            top=top,
+            continuation=continuation,
+        )
+    except AzureRejected as refused:
+        # Nothing in this request was wrong: the stored credential no longer works.
+        raise Conflict(
+            f"The connection's credentials were refused: {refused.detail} Update them with PATCH.",
+            refused.errors,
+            extra=refused.extra,
+            code="connection-credentials-refused",
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- OAuth
+
+
+async def start_oauth(
+    name: str, tenant_id: str, org_name: str, description: str | None, caller: Caller
+) -> str:
+    if await store.name_taken(KIND, name):
+        raise Conflict(
+            f"an Azure DevOps connection named {name!r} already exists",
+            [FieldError("name", "is taken; choose another name or delete the other connection")],
+            code="name-taken",
+        )
+    return await oauth.start_authorization(
+        KIND, tenant_id, {"name": name, "description": description, "orgName": org_name}, caller
+    )
+
+
+async def _complete_oauth(pending: oauth.PendingAuthorization, tokens: oauth.TokenSet) -> DevOpsConnection:
+    """The callback's last step for this kind: list projects with the delegated token, then create."""
+    params = pending.params
+    name, tenant, org = str(params["name"]), str(params["tenantId"]), str(params["orgName"])
+    token_tenant = oauth.check_grant(tokens, tenant)
+    await _projects(org, f"Bearer {tokens.access_token}", "oauth", top=1, continuation=None)
+    now = clock.isoformat(clock.now())
+    record = ConnectionRecord(
+        kind=KIND,
+        id=store.new_id(),
+        name=name,
+        method="oauth",
+        description=params.get("description"),
+        tenant_id=token_tenant or tenant,
+        client_id=oauth.operator_app(oauth.kind_of(KIND)).client_id,
+        org_name=org,
+        credential_rev=store.new_rev(),
+        meta={"user": str(tokens.claims.get("preferred_username") or tokens.claims.get("upn") or "")},
+        created_at=now,
+        updated_at=now,
+        created_by=pending.caller.name,
+    )
+    assert tokens.refresh_token
+    created = await lifecycle.insert(
+        SPEC, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False
+    )
+    return to_connection(created)
+
+
+SPEC = KindSpec(
+    kind=KIND,
+    resource=RESOURCE,
+    credential_models={
+        "access-token": DevOpsAccessTokenCredentials,
+        "client-secret": DevOpsClientSecretCredentials,
+    },
+    material=_material,
+    validate=_validate,
+    current_credentials=_current_credentials,
+    invalidate=invalidate_client,
+    reauthorize_hint=f"sign in again with POST {AUTHORIZE_PATH} (a new connection)",
+)
+
+oauth.register(
+    oauth.OAuthKind(
+        kind=KIND,
+        client_id_setting="INF_APP_CONNECTION_AZURE_DEVOPS_CLIENT_ID",
+        client_secret_setting="INF_APP_CONNECTION_AZURE_DEVOPS_CLIENT_SECRET",  # noqa: S106
+        scope=lambda: DEVOPS_SCOPE,
+        complete=_complete_oauth,
+    )
+)

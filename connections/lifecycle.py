@@ -1,0 +1,271 @@
+"""Create, update and delete of a connection, the same for every kind.
+
+A kind describes itself with a `KindSpec` (its credential models, how to turn credentials into
+secret material, how to prove them against Azure); this module does the rest in one order:
+
+create:  claim the name (insert) -> validate against Azure -> store secrets -> insert the row.
+update:  read the row (ETag) -> validate new credentials -> claim a new name -> store secrets
+         under a new revision -> replace the row with its ETag (a lost race is a 409 and undoes
+         our writes) -> drop the old secrets and name, invalidate cached clients.
+delete:  delete the row (ETag) -> drop secrets and name, invalidate cached clients.
+
+Every step that fails undoes what this request wrote; every outcome is audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from connections import store
+from connections.store import ConnectionRecord
+from core import audit, clock
+from core.auth import Caller
+from core.errors import FieldError, PreconditionFailed, Problem, Unprocessable
+
+# (secret values to store, row metadata, values to redact from Azure's messages)
+Material = tuple[dict[str, str], dict[str, str], list[str]]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What differs between connection kinds."""
+
+    kind: str
+    resource: str  # audit resource type
+    credential_models: Mapping[str, type[BaseModel]]  # method -> credentials model (methods set by PATCH)
+    material: Callable[[str, Any], Material]  # (method, credentials) -> material
+    validate: Callable[[ConnectionRecord, dict[str, str], list[str]], Awaitable[None]]
+    current_credentials: Callable[[ConnectionRecord], Awaitable[dict[str, Any]]]  # for PATCH merges
+    invalidate: Callable[[str], Awaitable[None]]
+    reauthorize_hint: str  # how an OAuth connection gets new credentials
+    paired_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # method -> change together
+
+
+class ConnectionChanges(BaseModel):
+    """A PATCH, shape-checked by the route: only what is set changes."""
+
+    name: str | None = None
+    description: str | None = None
+    description_set: bool = False
+    credentials: dict[str, Any] | None = None
+
+
+def field_errors(error: ValidationError, prefix: str) -> Unprocessable:
+    """A pydantic error of a nested body part as a 422 with camelCase field paths."""
+    errors = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item.get("loc", ()))
+        kind = item.get("type")
+        if kind == "missing":
+            message = "is required"
+        elif kind == "extra_forbidden":
+            message = "is not a known field for this method; remove it"
+        else:
+            message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
+        errors.append(FieldError(f"{prefix}{loc}".rstrip("."), message))
+    return Unprocessable("The request has invalid fields; see errors.", errors)
+
+
+def _with_identity(record: ConnectionRecord, credentials: Any) -> ConnectionRecord:
+    """The record with the credentials' non-secret identifiers (tenant, client id, organization)."""
+    return replace(
+        record,
+        tenant_id=getattr(credentials, "tenant_id", None),
+        client_id=getattr(credentials, "client_id", None),
+        org_name=getattr(credentials, "org_name", None),
+    )
+
+
+async def _audit_failure(spec: KindSpec, caller: Caller, action: str, subject: str, problem: Problem) -> None:
+    step = problem.extra.get("step", "")
+    code = problem.extra.get("azureCode", "")
+    prefix = f"{step} {code}: ".strip() if step else ""
+    await audit.record(
+        caller, action, spec.resource, subject, "failure", detail=f"{prefix} {problem.detail}".strip()
+    )
+
+
+async def validated(
+    spec: KindSpec, caller: Caller, subject: str, record: ConnectionRecord, material: Material
+) -> None:
+    """Prove the credentials against Azure; a refusal is audited (connection.validate) and raised."""
+    try:
+        await spec.validate(record, material[0], material[2])
+    except Problem as problem:
+        await _audit_failure(spec, caller, "connection.validate", subject, problem)
+        raise
+
+
+async def create(
+    spec: KindSpec, name: str, description: str | None, method: str, credentials: Any, caller: Caller
+) -> ConnectionRecord:
+    """Validate and store a new connection of `spec.kind`."""
+    material = spec.material(method, credentials)
+    now = clock.isoformat(clock.now())
+    record = _with_identity(
+        ConnectionRecord(
+            kind=spec.kind,
+            id=store.new_id(),
+            name=name,
+            method=method,
+            description=description,
+            credential_rev=store.new_rev(),
+            meta=material[1],
+            created_at=now,
+            updated_at=now,
+            created_by=caller.name,
+        ),
+        credentials,
+    )
+    await store.claim_name(spec.kind, name, record.id)
+    try:
+        await validated(spec, caller, name, record, material)
+    except BaseException:
+        await store.release_name(spec.kind, name, record.id)
+        raise
+    return await insert(spec, record, material[0], caller)
+
+
+async def insert(
+    spec: KindSpec, record: ConnectionRecord, secrets: dict[str, str], caller: Caller, *, claimed: bool = True
+) -> ConnectionRecord:
+    """Store the secrets and insert the row (the name is already claimed unless `claimed=False`)."""
+    if not claimed:
+        await store.claim_name(spec.kind, record.name, record.id)
+    refs: dict[str, str] = {}
+    try:
+        refs = await store.put_secrets(spec.kind, record.id, record.credential_rev, secrets)
+        record = await store.insert_record(replace(record, secret_refs=refs))
+    except BaseException:
+        await store.delete_secrets(refs)
+        await store.release_name(spec.kind, record.name, record.id)
+        raise
+    await audit.record(
+        caller,
+        "connection.create",
+        spec.resource,
+        record.id,
+        detail=f"name={record.name} method={record.method}",
+    )
+    return record
+
+
+def _check_etag(record: ConnectionRecord, if_match: str | None) -> None:
+    if if_match is not None and if_match.strip() not in {record.etag, "*"}:
+        raise PreconditionFailed(
+            "the connection changed since you read it (If-Match does not match its ETag); GET it and retry",
+            code="etag-mismatch",
+        )
+
+
+async def _merged_credentials(spec: KindSpec, record: ConnectionRecord, given: dict[str, Any]) -> Any:
+    """PATCH credentials over the current ones: send only what changes (secrets are kept if absent)."""
+    model = spec.credential_models.get(record.method)
+    if model is None:
+        raise Unprocessable(
+            f"{record.method} connections cannot take new credentials by PATCH: {spec.reauthorize_hint}",
+            [FieldError("credentials", f"cannot be changed for method {record.method}")],
+        )
+    pair = spec.paired_fields.get(record.method, ())
+    present = [name for name in pair if name in given]
+    if present and len(present) != len(pair):
+        missing = next(name for name in pair if name not in given)
+        raise Unprocessable(
+            f"{' and '.join(pair)} change together",
+            [FieldError(f"credentials.{missing}", "is required when the other half changes")],
+        )
+    merged = {**await spec.current_credentials(record), **given}
+    try:
+        return model.model_validate(merged)
+    except ValidationError as error:
+        raise field_errors(error, "credentials.") from None
+
+
+async def update(
+    spec: KindSpec, connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None
+) -> ConnectionRecord:
+    """Apply a PATCH; of two concurrent PATCHes one wins and the other gets a 409."""
+    record = await store.get_record(spec.kind, connection_id)
+    _check_etag(record, if_match)
+    updated = replace(record, updated_at=clock.isoformat(clock.now()))
+    if changes.description_set:
+        updated.description = changes.description
+    renamed = changes.name is not None and changes.name != record.name
+    material: Material | None = None
+    if changes.credentials is not None:
+        credentials = await _merged_credentials(spec, record, changes.credentials)
+        material = spec.material(record.method, credentials)
+        updated = _with_identity(
+            replace(updated, meta=material[1], credential_rev=store.new_rev()), credentials
+        )
+        await validated(spec, caller, record.id, updated, material)
+    if renamed:
+        assert changes.name is not None
+        await store.claim_name(spec.kind, changes.name, record.id)
+        updated.name = changes.name
+    new_refs: dict[str, str] = {}
+    try:
+        if material is not None:
+            new_refs = await store.put_secrets(spec.kind, record.id, updated.credential_rev, material[0])
+            updated.secret_refs = new_refs
+        updated = await store.replace_record(updated)
+    except BaseException:
+        await store.delete_secrets(new_refs)
+        if renamed:
+            await store.release_name(spec.kind, updated.name, record.id)
+        raise
+    if renamed:
+        await store.release_name(spec.kind, record.name, record.id)
+    if material is not None:
+        await store.delete_secrets(record.secret_refs)
+        await spec.invalidate(record.id)
+    changed = [
+        label
+        for label, flag in (
+            ("name", renamed),
+            ("description", changes.description_set),
+            ("credentials", material is not None),
+        )
+        if flag
+    ]
+    await audit.record(
+        caller,
+        "connection.update",
+        spec.resource,
+        record.id,
+        detail="changed: " + (", ".join(changed) or "nothing"),
+    )
+    return updated
+
+
+async def delete(
+    spec: KindSpec, connection_id: str, caller: Caller, *, if_match: str | None
+) -> ConnectionRecord:
+    """Forget a connection and its secret material (credentials in Azure are left as they are)."""
+    record = await store.get_record(spec.kind, connection_id)
+    _check_etag(record, if_match)
+    await store.delete_record(record)
+    await store.delete_secrets(record.secret_refs)
+    await store.release_name(spec.kind, record.name, record.id)
+    await spec.invalidate(record.id)
+    await audit.record(caller, "connection.delete", spec.resource, record.id, detail=f"name={record.name}")
+    return record
+
+
+async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, reason: str) -> None:
+    """Undo a create whose follow-up step was refused; audited as a failed create."""
+    try:
+        record = await store.get_record(spec.kind, connection_id)
+    except Problem:
+        return
+    await store.delete_record(replace(record, etag=None))
+    await store.delete_secrets(record.secret_refs)
+    await store.release_name(spec.kind, record.name, record.id)
+    await spec.invalidate(record.id)
+    await audit.record(
+        caller, "connection.create", spec.resource, record.id, "failure", detail=f"rolled back: {reason}"
+    )

@@ -1,0 +1,140 @@
+"""Request and response bodies of the connection routes.
+
+Create bodies are unions discriminated by `method`, so the OpenAPI page shows each method's
+credentials; PATCH bodies take `credentials` as an object checked against the connection's own
+method (partial: send only what changes). Only routes import this module: it depends on
+rotation.service, which itself depends on connections.client_secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from connections.client_secrets import ClientSecretConnection
+from connections.devops import DevOpsConnection
+from connections.fields import (
+    CertificateCredentials,
+    ClientSecretCredentials,
+    Description,
+    DevOpsAccessTokenCredentials,
+    DevOpsClientSecretCredentials,
+    Name,
+    NoRotation,
+    OrgName,
+    TenantId,
+)
+from core.models import ApiModel, RequestModel
+from rotation.service import RotationSettings, RotationView
+
+PATCH_CREDENTIALS = (
+    "New credentials, validated against Azure before they are saved. Send only what changes, in the "
+    "shape of the connection's method (client-secret: tenantId, clientId, clientSecret; certificate: "
+    "tenantId, clientId, certificate + privateKey together; access-token: accessToken, orgName)."
+)
+
+# ------------------------------------------------------------------------------------- client secrets
+
+
+class CreateClientSecretConnection(RequestModel):
+    """A connection that signs in with the app's client secret."""
+
+    name: Name
+    description: Description = None
+    method: Literal["client-secret"]
+    credentials: ClientSecretCredentials
+    rotation: RotationSettings | None = None
+
+
+class CreateCertificateConnection(RequestModel):
+    """A connection that signs in with a certificate (the private key signs the client assertion)."""
+
+    name: Name
+    description: Description = None
+    method: Literal["certificate"]
+    credentials: CertificateCredentials
+    rotation: NoRotation = None
+
+
+CreateClientSecretsBody = Annotated[
+    CreateClientSecretConnection | CreateCertificateConnection, Field(discriminator="method")
+]
+
+
+class UpdateClientSecretsBody(RequestModel):
+    """A PATCH: only the fields present change."""
+
+    name: Name | None = None
+    description: Description = None
+    credentials: dict[str, Any] | None = Field(default=None, description=PATCH_CREDENTIALS)
+    rotation: RotationSettings | None = None
+
+
+class AuthorizeClientSecretsBody(RequestModel):
+    """Start an OAuth (delegated) connection: the user signs in to this tenant."""
+
+    name: Name
+    tenant_id: TenantId
+    description: Description = None
+
+
+class AuthorizationStarted(ApiModel):
+    """Open `authorizationUrl` in a browser within `expiresIn` seconds; the callback creates it."""
+
+    authorization_url: str
+    expires_in: int
+    redirect_uri: str
+
+
+class ClientSecretConnectionView(ClientSecretConnection):
+    rotation: RotationView | None = None
+
+
+class ClientSecretConnectionList(ApiModel):
+    items: list[ClientSecretConnectionView]
+
+
+# ---------------------------------------------------------------------------------------------- DevOps
+
+
+class CreateDevOpsAccessTokenConnection(RequestModel):
+    """A connection that calls the organization with a personal access token."""
+
+    name: Name
+    description: Description = None
+    method: Literal["access-token"]
+    credentials: DevOpsAccessTokenCredentials
+
+
+class CreateDevOpsClientSecretConnection(RequestModel):
+    """A connection that calls the organization as an Entra app (a member of the organization)."""
+
+    name: Name
+    description: Description = None
+    method: Literal["client-secret"]
+    credentials: DevOpsClientSecretCredentials
+
+
+CreateDevOpsBody = Annotated[
+    CreateDevOpsAccessTokenConnection | CreateDevOpsClientSecretConnection, Field(discriminator="method")
+]
+
+
+class UpdateDevOpsBody(RequestModel):
+    name: Name | None = None
+    description: Description = None
+    credentials: dict[str, Any] | None = Field(default=None, description=PATCH_CREDENTIALS)
+
+
+class AuthorizeDevOpsBody(RequestModel):
+    """Start an OAuth (delegated) DevOps connection: the user signs in to this tenant."""
+
+    name: Name
+    tenant_id: TenantId
+    org_name: OrgName
+    description: Description = None
+
+
+class DevOpsConnectionList(ApiModel):
+    items: list[DevOpsConnection]

@@ -1,0 +1,528 @@
+"""OAuth 2.0 authorization code + PKCE (S256) for every Azure connection kind, through ONE callback.
+
+`start_authorization` records a pending request (kind, its parameters, the caller) under the hash
+of a random `state`, keeps the PKCE verifier in the secret store, and returns Entra's authorize
+URL. The callback (`complete_authorization`) claims the state with an ETag write (single use, 10
+minutes), exchanges the code with the kind's operator app, and hands the tokens to the kind's
+registered completion, which validates them and creates the connection.
+
+Table `OAuthStates`: PartitionKey = "state", RowKey = SHA-256 of the state (hex). Properties: kind,
+params (JSON, no secrets), callerId, callerName, redirectUri, createdAt, expiresAt, consumedAt,
+verifierRef (secret store name), connectionId. The state value itself is never stored.
+
+Delegated access afterwards goes through `RefreshTokenCredential`, which redeems the stored
+refresh token and stores the new one whenever Entra rotates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from connections.azure_errors import (
+    RETRY_STATUSES_NOT_IDEMPOTENT,
+    aadsts_code,
+    entra_problem,
+    retry_after_seconds,
+    send_with_retries,
+    within_deadline,
+)
+from connections.fields import GUID
+from core import audit, clock, tables
+from core.auth import Caller
+from core.errors import BadRequest, Conflict, FieldError, Problem, Unprocessable
+from core.secret_store import SecretMissing, secret_name, secret_store
+from core.settings import get_settings
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
+
+STATES_TABLE = "OAuthStates"
+STATES_PK = "state"
+STATE_TTL = timedelta(minutes=10)
+# Consumed and expired states are kept this long (replays are reported as such), then purged.
+STATE_RETENTION = timedelta(hours=1)
+CALLBACK_PATH = "/organization/app-connections/azure/oauth/callback"
+# Refresh a delegated access token this long before it expires.
+REFRESH_MARGIN_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class OperatorApp:
+    """The operator's app registration that a kind's OAuth flow signs users in to."""
+
+    client_id: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What the token endpoint returned (values are secrets: never log, store in a table, or return)."""
+
+    access_token: str
+    refresh_token: str | None
+    expires_on: int
+    scope: str
+    claims: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """A pending authorize request, as recorded when it started."""
+
+    kind: str
+    params: dict[str, Any]
+    caller: Caller
+    redirect_uri: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished authorization: the kind and the connection it created."""
+
+    kind: str
+    connection: Any
+
+
+@dataclass(frozen=True)
+class OAuthKind:
+    """How one connection kind uses the shared OAuth machinery."""
+
+    kind: str
+    client_id_setting: str  # the app setting names (errors name them)
+    client_secret_setting: str
+    scope: Callable[[], str]  # the resource's .default scope
+    complete: Callable[[PendingAuthorization, TokenSet], Awaitable[Any]]
+
+
+_KINDS: dict[str, OAuthKind] = {}
+
+
+def register(kind: OAuthKind) -> None:
+    """Plug a connection kind into the one callback."""
+    _KINDS[kind.kind] = kind
+
+
+def kind_of(name: str) -> OAuthKind:
+    return _KINDS[name]
+
+
+def operator_app(kind: OAuthKind) -> OperatorApp:
+    """The kind's operator app from its settings, or a 4xx naming the missing variable."""
+    settings = get_settings()
+    client_id = getattr(settings, kind.client_id_setting.lower())
+    secret = getattr(settings, kind.client_secret_setting.lower())
+    missing = [
+        name
+        for name, value in ((kind.client_id_setting, client_id), (kind.client_secret_setting, secret))
+        if not value or (hasattr(value, "get_secret_value") and not value.get_secret_value())
+    ]
+    if missing:
+        raise Unprocessable(
+            f"OAuth is not configured on this broker: set the app setting(s) {', '.join(missing)} "
+            "to the operator app registration's client ID and secret.",
+            [FieldError(name, "is not set") for name in missing],
+            code="oauth-not-configured",
+        )
+    return OperatorApp(str(client_id), secret.get_secret_value())
+
+
+def redirect_uri() -> str:
+    return f"{get_settings().site_url}{CALLBACK_PATH}"
+
+
+def _authority(tenant: str) -> str:
+    # `tenant` is a validated GUID or domain name (connections.fields), safe in a URL path.
+    return f"{get_settings().azure_authority_host}/{tenant}/oauth2/v2.0"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A PKCE verifier (43-128 unreserved chars) and its S256 challenge."""
+    verifier = _b64url(secrets.token_bytes(48))
+    return verifier, _b64url(hashlib.sha256(verifier.encode()).digest())
+
+
+def _state_key(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def _full_scope(kind: OAuthKind) -> str:
+    return f"{kind.scope()} offline_access openid profile"
+
+
+async def start_authorization(kind_name: str, tenant: str, params: dict[str, Any], caller: Caller) -> str:
+    """Record a pending request and return the authorize URL the user opens in a browser."""
+    kind = _KINDS[kind_name]
+    app = operator_app(kind)
+    state = secrets.token_urlsafe(32)
+    verifier, challenge = pkce_pair()
+    key = _state_key(state)
+    verifier_ref = secret_name("oauth", key[:32], "pkce")
+    now = clock.now()
+    await secret_store().set(verifier_ref, verifier)
+    await tables.insert(
+        STATES_TABLE,
+        STATES_PK,
+        key,
+        {
+            "kind": kind.kind,
+            "tenantId": tenant,
+            "params": json.dumps(params, sort_keys=True),
+            "callerId": caller.id,
+            "callerName": caller.name,
+            "redirectUri": redirect_uri(),
+            "createdAt": clock.isoformat(now),
+            "expiresAt": clock.isoformat(now + STATE_TTL),
+            "verifierRef": verifier_ref,
+        },
+    )
+    asyncio.ensure_future(_purge_old_states())  # noqa: RUF006 - housekeeping, best effort
+    query = {
+        "client_id": app.client_id,
+        "response_type": "code",
+        "redirect_uri": redirect_uri(),
+        "response_mode": "query",
+        "scope": _full_scope(kind),
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "prompt": "select_account",
+    }
+    return f"{_authority(tenant)}/authorize?{urlencode(query)}"
+
+
+async def _purge_old_states(limit: int = 50) -> None:
+    """Delete states (and any verifier left) that expired over STATE_RETENTION ago."""
+    try:
+        cutoff = clock.isoformat(clock.now() - STATE_RETENTION)
+        rows = [
+            row
+            async for row in tables.query(
+                STATES_TABLE,
+                "PartitionKey eq @pk and expiresAt lt @cutoff",
+                {"pk": STATES_PK, "cutoff": cutoff},
+                limit=limit,
+            )
+        ]
+        for row in rows:
+            if not row.data.get("consumedAt") and row.data.get("verifierRef"):
+                await secret_store().delete(str(row.data["verifierRef"]))
+            await tables.delete(STATES_TABLE, row.pk, row.rk, etag=row.etag)
+    except Exception:  # noqa: S110 - the next authorize purges again
+        pass
+
+
+def _state_problem(message: str, code: str, status: int = 400) -> Problem:
+    problem: Problem = Conflict(message, code=code) if status == 409 else BadRequest(message, code=code)
+    problem.errors = [FieldError("state", message)]
+    return problem
+
+
+async def _claim_state(state: str) -> tuple[tables.Row, PendingAuthorization]:
+    """Consume the state: unknown, expired and replayed states are refused, each by name."""
+    if not state or len(state) > 512:
+        raise _state_problem(
+            "the callback has no valid state parameter; start again with .../oauth/authorize",
+            "oauth-state-unknown",
+        )
+    row = await tables.get(STATES_TABLE, STATES_PK, _state_key(state))
+    if row is None:
+        raise _state_problem(
+            "unknown state: the broker did not issue it (or it was purged); "
+            "start again with .../oauth/authorize",
+            "oauth-state-unknown",
+        )
+    if row.data.get("consumedAt"):
+        raise _state_problem(
+            "this authorization was already used (state replayed); start again with .../oauth/authorize",
+            "oauth-state-used",
+            409,
+        )
+    data = dict(row.data)
+    data["consumedAt"] = clock.isoformat(clock.now())
+    try:
+        claimed = await tables.replace(row, data)
+    except tables.ConcurrencyConflict:
+        raise _state_problem(
+            "this authorization is being completed by another request (state replayed)",
+            "oauth-state-used",
+            409,
+        ) from None
+    pending = PendingAuthorization(
+        kind=str(data["kind"]),
+        params={**json.loads(str(data.get("params") or "{}")), "tenantId": data.get("tenantId")},
+        caller=Caller(id=str(data.get("callerId", "")), name=str(data.get("callerName", ""))),
+        redirect_uri=str(data.get("redirectUri", "")),
+    )
+    if str(data.get("expiresAt", "")) < data["consumedAt"]:
+        await _drop_verifier(claimed)
+        raise _state_problem(
+            f"the authorization expired: finish sign-in within {int(STATE_TTL.total_seconds() // 60)} "
+            "minutes; start again with .../oauth/authorize",
+            "oauth-state-expired",
+        )
+    return claimed, pending
+
+
+async def _drop_verifier(row: tables.Row) -> None:
+    ref = row.data.get("verifierRef")
+    if ref:
+        await secret_store().delete(str(ref))
+
+
+async def complete_authorization(
+    state: str, code: str | None, error: str | None, error_description: str | None
+) -> Completed:
+    """The callback's work: claim the state, exchange the code, let the kind create its connection."""
+    row, pending = await _claim_state(state)
+    kind = _KINDS[pending.kind]
+    resource = f"{pending.kind}-connection"
+    subject = str(pending.params.get("name", ""))
+    try:
+        if error:
+            raise _callback_error(error, error_description)
+        if not code or len(code) > 4096:
+            raise BadRequest(
+                "the callback has no authorization code",
+                [FieldError("code", "is required")],
+                code="oauth-no-code",
+            )
+        try:
+            verifier = await secret_store().get(str(row.data.get("verifierRef", "")))
+        except SecretMissing:
+            raise _state_problem(
+                "the PKCE verifier of this authorization is gone; start again", "oauth-state-unknown"
+            ) from None
+        tokens = await exchange_code(
+            kind, str(pending.params["tenantId"]), code, verifier, pending.redirect_uri
+        )
+        connection = await kind.complete(pending, tokens)
+    except Problem as problem:
+        step = " ".join(str(problem.extra.get(k, "")) for k in ("step", "azureCode")).strip()
+        await audit.record(
+            pending.caller,
+            "connection.create",
+            resource,
+            subject,
+            "failure",
+            detail=f"oauth {step}: {problem.detail}",
+        )
+        raise
+    finally:
+        await _drop_verifier(row)
+    return Completed(pending.kind, connection)
+
+
+def _callback_error(error: str, description: str | None) -> Problem:
+    """Entra sent the user back with an error instead of a code."""
+    safe = "".join(ch for ch in error if ch.isalnum() or ch in "_-")[:64]
+    if safe == "access_denied":
+        message = "the user (or an admin policy) declined consent, so no connection was created"
+    elif safe == "consent_required" or safe == "interaction_required":
+        message = "an administrator must consent to the operator app in this tenant first"
+    else:
+        message = "Entra ID refused the authorization"
+    extra: dict[str, Any] = {"step": "authorization", "azureError": safe}
+    number = aadsts_code((description or "")[:2000])
+    if number:
+        extra["azureCode"] = f"AADSTS{number}"
+    return BadRequest(
+        f"Authorization failed ({safe}): {message}.",
+        [FieldError("error", message)],
+        extra=extra,
+        code="oauth-access-denied" if safe == "access_denied" else "oauth-error",
+    )
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT we just received over TLS from the token endpoint (not a trust decision)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+async def _token_request(
+    tenant: str, form: dict[str, str], *, step: str, redact: list[str], field_prefix: str, default_field: str
+) -> TokenSet:
+    from core.azure_clients import http_client
+
+    client = await http_client()
+    url = f"{_authority(tenant)}/token"
+
+    async def send() -> Any:
+        return await client.post(url, data=form, headers={"Accept": "application/json"})
+
+    retry = RETRY_STATUSES_NOT_IDEMPOTENT if form.get("grant_type") == "authorization_code" else None
+    response = await within_deadline(
+        send_with_retries(send, step=step, **({"retry_statuses": retry} if retry else {})), step
+    )
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+        raise entra_problem(
+            step,
+            response.status_code if response.status_code != 200 else 502,
+            body if isinstance(body, dict) else {},
+            redact=redact,
+            field_prefix=field_prefix,
+            default_field=default_field,
+            retry_after=retry_after_seconds(response.headers),
+        )
+    access = str(body["access_token"])
+    return TokenSet(
+        access_token=access,
+        refresh_token=str(body["refresh_token"]) if body.get("refresh_token") else None,
+        expires_on=int(time.time()) + int(body.get("expires_in", 3599)),
+        scope=str(body.get("scope", "")),
+        claims=_claims(access),
+    )
+
+
+async def exchange_code(kind: OAuthKind, tenant: str, code: str, verifier: str, redirect: str) -> TokenSet:
+    """Redeem the authorization code (with the PKCE verifier) at the operator app."""
+    app = operator_app(kind)
+    return await _token_request(
+        tenant,
+        {
+            "client_id": app.client_id,
+            "client_secret": app.client_secret,
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect,
+            "code_verifier": verifier,
+            "scope": _full_scope(kind),
+        },
+        step="code-exchange",
+        redact=[app.client_secret, code, verifier],
+        field_prefix="",
+        default_field="code",
+    )
+
+
+async def refresh_tokens(kind: OAuthKind, tenant: str, refresh_token: str) -> TokenSet:
+    """Redeem a refresh token for a new access token (and, usually, a new refresh token)."""
+    app = operator_app(kind)
+    return await _token_request(
+        tenant,
+        {
+            "client_id": app.client_id,
+            "client_secret": app.client_secret,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "scope": _full_scope(kind),
+        },
+        step="token-refresh",
+        redact=[app.client_secret, refresh_token],
+        field_prefix="",
+        default_field="refreshToken",
+    )
+
+
+def check_grant(tokens: TokenSet, tenant: str) -> str:
+    """The grant is usable for a connection: it has a refresh token and is for the requested tenant.
+
+    Returns the token's tenant id (the GUID, also when the request named a domain).
+    """
+    if not tokens.refresh_token:
+        raise Unprocessable(
+            "Entra ID returned no refresh token, so the connection could not keep access; "
+            "the operator app must be allowed offline_access",
+            [FieldError("scope", "offline_access was not granted")],
+            code="azure-validation-failed",
+            extra={"step": "code-exchange"},
+        )
+    token_tenant = str(tokens.claims.get("tid", ""))
+    if GUID.match(tenant) and token_tenant and token_tenant.lower() != tenant.lower():
+        raise Unprocessable(
+            "the user signed in to a different tenant than the one the authorization was started for",
+            [
+                FieldError(
+                    "tenantId",
+                    f"the sign-in was for tenant {token_tenant}; start again with the right tenant",
+                )
+            ],
+            code="azure-validation-failed",
+            extra={"step": "code-exchange"},
+        )
+    return token_tenant
+
+
+class StaticTokenCredential:
+    """An AsyncTokenCredential over one access token (validating a fresh OAuth grant)."""
+
+    def __init__(self, token: str, expires_on: int) -> None:
+        self._token = token
+        self._expires_on = expires_on
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self._token, self._expires_on)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        return None
+
+
+class RefreshTokenCredential:
+    """An AsyncTokenCredential for a delegated connection: redeems its stored refresh token.
+
+    The access token is cached until shortly before it expires; when Entra returns a new
+    refresh token, it replaces the stored one (refresh tokens rotate).
+    """
+
+    def __init__(self, kind: OAuthKind, tenant: str, refresh_token_ref: str) -> None:
+        self._kind = kind
+        self._tenant = tenant
+        self._ref = refresh_token_ref
+        self._token: tuple[str, int] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        from azure.core.credentials import AccessToken
+
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._token is None or self._token[1] - REFRESH_MARGIN_SECONDS < time.time():
+                store = secret_store()
+                current = await store.get(self._ref)
+                tokens = await refresh_tokens(self._kind, self._tenant, current)
+                if tokens.refresh_token and tokens.refresh_token != current:
+                    await store.set(self._ref, tokens.refresh_token)
+                self._token = (tokens.access_token, tokens.expires_on)
+            return AccessToken(*self._token)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> RefreshTokenCredential:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        return None

@@ -1,0 +1,92 @@
+"""The one OAuth redirect target of every Azure connection kind.
+
+`GET /organization/app-connections/azure/oauth/callback?code&state` (or `?error&state`): the
+state says which kind and which pending request; the answer is the created connection as JSON,
+or a small HTML page when a browser asks for HTML. Failures keep their 4xx status either way.
+No bearer token here: the browser comes from Entra; the state (issued to an Admin) authorizes.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from connections import client_secrets, devops, oauth
+from connections.client_secrets_routes import view as client_secrets_view
+from connections.oauth import CALLBACK_PATH
+from core.errors import Problem, problem_response
+
+router = APIRouter(tags=["oauth"])
+
+KIND_TITLES = {client_secrets.KIND: "Azure Client Secrets", devops.KIND: "Azure DevOps"}
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
+
+
+def _page(status: int, title: str, lines: list[str]) -> HTMLResponse:
+    body = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+    return HTMLResponse(
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>",
+        status_code=status,
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        },
+    )
+
+
+async def _connection_body(completed: oauth.Completed) -> dict[str, Any]:
+    if completed.kind == client_secrets.KIND:
+        shown = await client_secrets_view(completed.connection)
+        return shown.model_dump(mode="json", by_alias=True)
+    dumped: dict[str, Any] = completed.connection.model_dump(mode="json", by_alias=True)
+    return dumped
+
+
+@router.get(
+    CALLBACK_PATH,
+    summary="OAuth redirect target for Azure connections (Entra ID sends the browser here)",
+    responses={200: {"description": "The created connection (JSON), or an HTML page for a browser"}},
+)
+async def oauth_callback(
+    request: Request,
+    state: Annotated[str, Query(max_length=512)] = "",
+    code: Annotated[str | None, Query(max_length=4096)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+    error_description: Annotated[str | None, Query(max_length=4096)] = None,
+) -> Response:
+    try:
+        completed = await oauth.complete_authorization(state, code, error, error_description)
+    except Problem as problem:
+        if _wants_html(request):
+            return _page(problem.status, "The connection was not created", [problem.detail])
+        return problem_response(
+            problem.status,
+            problem.title,
+            problem.detail,
+            code=problem.code,
+            errors=problem.errors,
+            headers=problem.headers,
+            extra=problem.extra,
+        )
+    body = await _connection_body(completed)
+    if _wants_html(request):
+        title = KIND_TITLES.get(completed.kind, completed.kind)
+        return _page(
+            200,
+            "Connection created",
+            [
+                f"The {title} connection {body.get('name')} is ready (id {body.get('id')}).",
+                "You can close this window.",
+            ],
+        )
+    return JSONResponse(body, status_code=200, headers={"Cache-Control": "no-store"})

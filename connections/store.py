@@ -1,0 +1,328 @@
+"""Connection rows, their unique names, their secret references, and the per-connection credential cache.
+
+Tables (logical names; core.tables adds the deployment prefix):
+
+- `AppConnections`: PartitionKey = kind (`azure-client-secrets` | `azure-devops`), RowKey = connection id
+  (a UUID). Properties: name, description, method, tenantId, clientId, orgName, status, credentialRev,
+  secretRefs (JSON: purpose -> secret store name), createdAt, updatedAt, createdBy, and per-method
+  metadata (certificate thumbprint, subject, notAfter). Never a secret value.
+- `AppConnectionNames`: PartitionKey = kind, RowKey = name. Properties: connectionId, claimedAt. The
+  insert of this row is how a name is claimed (RowExists -> 409), so two creates cannot take one name.
+
+Secret material lives in the secret store under `secret_name(prefix, f"{id}-{rev}", purpose)`. The
+`credentialRev` changes on every credential change, so a new credential gets new names; the row
+flips to them with an ETag write, and cached credentials keyed by (id, rev) fall out of use on
+every instance at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from core import clock, tables
+from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable
+from core.secret_store import secret_name, secret_store
+
+log = logging.getLogger(__name__)
+
+TABLE = "AppConnections"
+NAMES_TABLE = "AppConnectionNames"
+
+# A name claim whose connection row never appeared (a create that crashed) is free again after this.
+STALE_CLAIM = timedelta(minutes=15)
+
+KIND_PREFIX = {"azure-client-secrets": "azcs", "azure-devops": "azdo"}
+KIND_LABEL = {"azure-client-secrets": "Azure Client Secrets", "azure-devops": "Azure DevOps"}
+
+T = TypeVar("T")
+
+
+@dataclass
+class ConnectionRecord:
+    """One connection row: plain metadata plus the names (never the values) of its secrets."""
+
+    kind: str
+    id: str
+    name: str
+    method: str
+    description: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    org_name: str | None = None
+    status: str = "active"
+    credential_rev: str = ""
+    secret_refs: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+    created_by: str = ""
+    etag: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "method": self.method,
+            "tenantId": self.tenant_id,
+            "clientId": self.client_id,
+            "orgName": self.org_name,
+            "status": self.status,
+            "credentialRev": self.credential_rev,
+            "secretRefs": json.dumps(self.secret_refs, sort_keys=True),
+            "meta": json.dumps(self.meta, sort_keys=True),
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "createdBy": self.created_by,
+        }
+
+    @classmethod
+    def from_row(cls, row: tables.Row) -> ConnectionRecord:
+        data = row.data
+        return cls(
+            kind=row.pk,
+            id=row.rk,
+            name=str(data.get("name", "")),
+            method=str(data.get("method", "")),
+            description=data.get("description"),
+            tenant_id=data.get("tenantId"),
+            client_id=data.get("clientId"),
+            org_name=data.get("orgName"),
+            status=str(data.get("status", "active")),
+            credential_rev=str(data.get("credentialRev", "")),
+            secret_refs=json.loads(data.get("secretRefs") or "{}"),
+            meta=json.loads(data.get("meta") or "{}"),
+            created_at=str(data.get("createdAt", "")),
+            updated_at=str(data.get("updatedAt", "")),
+            created_by=str(data.get("createdBy", "")),
+            etag=row.etag,
+        )
+
+    def row(self) -> tables.Row:
+        return tables.Row(TABLE, self.kind, self.id, self.to_data(), self.etag)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_rev() -> str:
+    return secrets.token_hex(4)
+
+
+def not_found(kind: str, connection_id: str) -> NotFound:
+    return NotFound(f"no {KIND_LABEL.get(kind, kind)} connection with id {connection_id}")
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+
+async def claim_name(kind: str, name: str, connection_id: str) -> None:
+    """Take `name` for `connection_id`, or 409 if another connection of this kind holds it.
+
+    A claim left by a create that died before inserting its row is taken over once it is
+    older than STALE_CLAIM (with an ETag write, so two takers cannot both win).
+    """
+    taken = Conflict(
+        f"a {KIND_LABEL.get(kind, kind)} connection named {name!r} already exists",
+        [FieldError("name", "is taken; choose another name or delete the other connection")],
+        code="name-taken",
+    )
+    for _ in range(3):
+        claim = {"connectionId": connection_id, "claimedAt": clock.isoformat(clock.now())}
+        try:
+            await tables.insert(NAMES_TABLE, kind, name, claim)
+            return
+        except tables.RowExists:
+            pass
+        existing = await tables.get(NAMES_TABLE, kind, name)
+        if existing is None:
+            continue  # released between our insert and our read: try again
+        holder = str(existing.data.get("connectionId", ""))
+        if holder == connection_id:
+            return
+        claimed_at = str(existing.data.get("claimedAt", ""))
+        if claimed_at >= clock.isoformat(clock.now() - STALE_CLAIM) or await tables.get(TABLE, kind, holder):
+            raise taken
+        try:
+            await tables.replace(existing, claim)
+            return
+        except tables.ConcurrencyConflict:
+            raise taken from None
+    raise taken
+
+
+async def release_name(kind: str, name: str, connection_id: str) -> None:
+    """Give `name` back, if `connection_id` still holds it."""
+    row = await tables.get(NAMES_TABLE, kind, name)
+    if row is not None and row.data.get("connectionId") == connection_id:
+        try:
+            await tables.delete(NAMES_TABLE, kind, name, etag=row.etag)
+        except tables.ConcurrencyConflict:
+            return
+
+
+async def name_taken(kind: str, name: str) -> bool:
+    """Whether a live connection (or a fresh claim) holds `name` (a fast pre-check; the claim decides)."""
+    row = await tables.get(NAMES_TABLE, kind, name)
+    if row is None:
+        return False
+    holder = str(row.data.get("connectionId", ""))
+    fresh = str(row.data.get("claimedAt", "")) >= clock.isoformat(clock.now() - STALE_CLAIM)
+    return fresh or await tables.get(TABLE, kind, holder) is not None
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+async def get_record(kind: str, connection_id: str) -> ConnectionRecord:
+    """The connection, or 404."""
+    if not connection_id or len(connection_id) > 64:
+        raise not_found(kind, connection_id[:64])
+    row = await tables.get(TABLE, kind, connection_id)
+    if row is None:
+        raise not_found(kind, connection_id)
+    return ConnectionRecord.from_row(row)
+
+
+async def list_records(kind: str, limit: int = 1000) -> list[ConnectionRecord]:
+    rows = await tables.partition(TABLE, kind, limit=limit)
+    return sorted((ConnectionRecord.from_row(r) for r in rows), key=lambda r: r.name)
+
+
+async def insert_record(record: ConnectionRecord) -> ConnectionRecord:
+    row = await tables.insert(TABLE, record.kind, record.id, record.to_data())
+    return replace(record, etag=row.etag)
+
+
+async def replace_record(record: ConnectionRecord) -> ConnectionRecord:
+    """Write the record back only if nobody changed it since it was read (409 otherwise)."""
+    row = await tables.replace(record.row())
+    return replace(record, etag=row.etag)
+
+
+async def delete_record(record: ConnectionRecord) -> None:
+    await tables.delete(TABLE, record.kind, record.id, etag=record.etag)
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+
+
+def secret_ref(kind: str, connection_id: str, rev: str, purpose: str) -> str:
+    return secret_name(KIND_PREFIX[kind], f"{connection_id}-{rev}", purpose)
+
+
+def _store_unavailable(error: Exception) -> Unavailable:
+    # The SDK's text may hold anything; name the type only.
+    return Unavailable(
+        f"the secret store (Key Vault) failed ({type(error).__name__}); nothing was changed, try again",
+        code="secret-store-unavailable",
+    )
+
+
+async def put_secrets(kind: str, connection_id: str, rev: str, values: Mapping[str, str]) -> dict[str, str]:
+    """Store each value under this revision's name; returns purpose -> name for the row.
+
+    On failure, whatever was written is deleted again and a 503 raised.
+    """
+    store = secret_store()
+    refs = {purpose: secret_ref(kind, connection_id, rev, purpose) for purpose in values}
+    results = await asyncio.gather(
+        *(store.set(refs[p], v) for p, v in values.items()), return_exceptions=True
+    )
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        await delete_secrets(refs)
+        if isinstance(failed, Problem) or not isinstance(failed, Exception):
+            raise failed
+        raise _store_unavailable(failed)
+    return refs
+
+
+async def read_secret(record: ConnectionRecord, purpose: str) -> str:
+    ref = record.secret_refs.get(purpose)
+    if not ref:
+        raise NotFound(f"connection {record.id} has no {purpose}", code="secret-missing")
+    try:
+        return await secret_store().get(ref)
+    except Problem:
+        raise
+    except Exception as error:
+        raise _store_unavailable(error) from None
+
+
+async def delete_secrets(refs: Mapping[str, str]) -> None:
+    """Best effort: a secret left behind is unreferenced (the row no longer names it)."""
+    store = secret_store()
+    results = await asyncio.gather(*(store.delete(name) for name in refs.values()), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
+        if isinstance(result, Exception):
+            log.warning("could not delete an unreferenced secret (%s); it is orphaned", type(result).__name__)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+@dataclass
+class _Entry(Generic[T]):
+    rev: str
+    loop: asyncio.AbstractEventLoop
+    value: T
+    close: Callable[[], Awaitable[None]] | None
+
+
+class CredentialCache(Generic[T]):
+    """One built client per (connection, credential revision, event loop).
+
+    A credential change gives the row a new revision, so the next lookup builds afresh and
+    closes the stale client; `invalidate` drops an entry at once (this process).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry[T]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(
+        self,
+        record: ConnectionRecord,
+        build: Callable[[], Awaitable[tuple[T, Callable[[], Awaitable[None]] | None]]],
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(record.id)
+        if entry is not None and entry.rev == record.credential_rev and entry.loop is loop:
+            return entry.value
+        lock = self._locks.setdefault(record.id, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(record.id)
+            if entry is not None and entry.rev == record.credential_rev and entry.loop is loop:
+                return entry.value
+            if entry is not None:
+                await self._close(entry)
+            value, close = await build()
+            self._entries[record.id] = _Entry(record.credential_rev, loop, value, close)
+            return value
+
+    async def invalidate(self, connection_id: str) -> None:
+        entry = self._entries.pop(connection_id, None)
+        if entry is not None:
+            await self._close(entry)
+
+    async def _close(self, entry: _Entry[T]) -> None:
+        if entry.close is None or entry.loop is not asyncio.get_running_loop():
+            return
+        with contextlib.suppress(Exception):  # closing a stale client is best effort
+            await entry.close()
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._locks.clear()

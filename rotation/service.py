@@ -1,0 +1,242 @@
+"""Rotation settings of a Client Secret connection: validate, schedule, describe, delete.
+
+The connections service calls these from its create/PATCH/GET/DELETE routes; the rotator
+(rotation.rotator) does the work; the timer (rotation.timer) drives it on schedule.
+`connections.client_secrets` is imported inside functions (it calls us, and the cold start
+must not pay for the Graph SDK).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
+
+from pydantic import Field, field_validator
+
+from core import audit, clock
+from core.errors import Conflict, FieldError, Unprocessable
+from core.models import ApiModel, RequestModel
+from rotation import schedule
+
+if TYPE_CHECKING:
+    from connections.client_secrets import ClientSecretConnection
+    from core.auth import Caller
+    from rotation.store import RotationRecord
+
+log = logging.getLogger(__name__)
+
+CLIENT_SECRET_METHOD = "client-secret"  # noqa: S105 - a method name, not a secret
+RESOURCE_TYPE = "azure-client-secrets-connection"
+
+Status = Literal["scheduled", "rotating", "failed", "disabled"]
+
+
+class RotationSettings(RequestModel):
+    """The `rotation` block of a create/PATCH body. On PATCH, omitted fields keep their value."""
+
+    enabled: bool
+    client_secret_key_id: UUID | None = Field(
+        default=None, description="Key ID (Secret ID) of the app's client secret the connection uses now"
+    )
+    interval_days: int | None = Field(default=None, ge=1, le=365)
+    rotate_at: str | None = Field(default=None, description="24-hour local time HH:MM", examples=["02:00"])
+    time_zone: str = Field(default="UTC", description="IANA time zone, e.g. Europe/Berlin")
+
+    @field_validator("rotate_at")
+    @classmethod
+    def _rotate_at(cls, value: str | None) -> str | None:
+        if value is not None:
+            schedule.parse_rotate_at(value)
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        schedule.zone(value)
+        return value
+
+
+class RotationView(ApiModel):
+    """The rotation block shown on a connection (never a secret)."""
+
+    enabled: bool
+    client_secret_key_id: str | None = None
+    interval_days: int | None = None
+    rotate_at: str | None = None
+    time_zone: str = "UTC"
+    last_rotated_at: str | None = None
+    next_rotation_at: str | None = None
+    status: Status = "disabled"
+    last_error: str | None = None
+
+
+def view_of(record: RotationRecord) -> RotationView:
+    """The API view of a stored rotation."""
+    status: Status
+    if not record.enabled:
+        status = "disabled"
+    elif record.step:
+        status = "failed" if record.status == "failed" else "rotating"
+    else:
+        status = "failed" if record.status == "failed" else "scheduled"
+    return RotationView(
+        enabled=record.enabled,
+        client_secret_key_id=record.client_secret_key_id or None,
+        interval_days=record.interval_days,
+        rotate_at=record.rotate_at,
+        time_zone=record.time_zone,
+        last_rotated_at=record.last_rotated_at,
+        next_rotation_at=record.next_rotation_at if record.enabled else None,
+        status=status,
+        last_error=record.last_error,
+    )
+
+
+def _method(connection: Any) -> str:
+    method = getattr(connection, "method", "")
+    return str(getattr(method, "value", method))
+
+
+def _require_complete(merged: dict[str, Any]) -> None:
+    missing = [
+        FieldError(f"rotation.{name}", "is required when rotation is enabled")
+        for name, key in (
+            ("clientSecretKeyId", "client_secret_key_id"),
+            ("intervalDays", "interval_days"),
+            ("rotateAt", "rotate_at"),
+        )
+        if not merged.get(key)
+    ]
+    if missing:
+        raise Unprocessable("rotation settings are incomplete", missing)
+
+
+async def configure_rotation(
+    connection: ClientSecretConnection,
+    settings: RotationSettings | None,
+    caller: Caller,
+    *,
+    on_create: bool,
+) -> RotationView | None:
+    """Apply a connection's rotation block (create or PATCH); the view to show, or None if never set.
+
+    On create with rotation enabled, the Key ID is checked against the app's password
+    credentials (422 naming `rotation.clientSecretKeyId` otherwise) and the first rotation runs
+    right away (its failure is reported in the view and retried by the timer; the connection
+    keeps its working secret). On PATCH the schedule changes from now on; enabling rotation on
+    PATCH schedules the first rotation at the next rotate-at time instead of rotating at once.
+    """
+    from rotation import rotator, store
+
+    if settings is None:
+        return None if on_create else await describe_rotation(connection.id)
+    if _method(connection) != CLIENT_SECRET_METHOD:
+        raise Unprocessable(
+            "automatic rotation needs the client-secret method",
+            [FieldError("rotation", "is only available for connections with method client-secret")],
+        )
+    existing = None if on_create else await store.load(connection.id)
+    if existing is not None and existing.step:
+        raise Conflict(
+            "a rotation of this connection is in flight (or half-done and retried at nextRotationAt); "
+            "change its settings when it has finished",
+            code="rotation-in-flight",
+        )
+    merged = _merge(existing, settings)
+    if settings.enabled:
+        _require_complete(merged)
+    key_id = merged.get("client_secret_key_id") or ""
+    key_changed = existing is None or key_id.lower() != (existing.client_secret_key_id or "").lower()
+    app_object_id = existing.app_object_id if existing is not None else ""
+    if settings.enabled and (key_changed or not app_object_id):
+        app_object_id = await rotator.check_key_id(connection, key_id)
+
+    now = clock.now()
+    record = existing or store.RotationRecord(connection_id=connection.id)
+    record.enabled = settings.enabled
+    record.client_secret_key_id = key_id.lower()
+    record.interval_days = merged.get("interval_days")
+    record.rotate_at = merged.get("rotate_at")
+    record.time_zone = merged.get("time_zone") or "UTC"
+    record.app_object_id = app_object_id
+    if key_changed:
+        record.broker_owned = False  # the caller's own secret, not one the broker made
+    if not settings.enabled:
+        record.status = "disabled"
+        record.next_rotation_at = None
+        record.slot_at = None
+    elif on_create:
+        # The first rotation starts now: `begin` records the intent, `run` does the steps.
+        record.next_rotation_at = clock.isoformat(now)
+        record.status = "scheduled"
+    else:
+        record.next_rotation_at = clock.isoformat(_next_after_change(record))
+        record.slot_at = None
+        if record.status == "disabled":
+            record.status = "scheduled"
+
+    if existing is None:
+        record = await store.create(record)
+    else:
+        record = await store.save(record)
+    await audit.record(
+        caller,
+        "rotation.configure",
+        RESOURCE_TYPE,
+        connection.id,
+        detail=f"enabled={record.enabled} intervalDays={record.interval_days} rotateAt={record.rotate_at} "
+        f"timeZone={record.time_zone}",
+    )
+    if on_create and settings.enabled:
+        record = await rotator.rotate_now(connection.id, caller, trigger="create", record=record)
+    return view_of(record)
+
+
+def _merge(existing: RotationRecord | None, settings: RotationSettings) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    if existing is not None:
+        merged = {
+            "client_secret_key_id": existing.client_secret_key_id,
+            "interval_days": existing.interval_days,
+            "rotate_at": existing.rotate_at,
+            "time_zone": existing.time_zone,
+        }
+    for name in settings.model_fields_set | ({"time_zone"} if existing is None else set()):
+        value = getattr(settings, name)
+        if name == "enabled":
+            continue
+        merged[name] = str(value) if isinstance(value, UUID) else value
+    return merged
+
+
+def _next_after_change(record: RotationRecord) -> datetime:
+    """The next slot after a schedule change: from the last rotation, else the next rotate-at time."""
+    assert record.interval_days is not None
+    assert record.rotate_at is not None
+    tz = schedule.zone(record.time_zone)
+    at = schedule.parse_rotate_at(record.rotate_at)
+    if record.last_rotated_at:
+        last = datetime.fromisoformat(record.last_rotated_at)
+        return schedule.next_rotation(last, record.interval_days, at, tz)
+    return schedule.first_slot_at_or_after(clock.now(), at, tz)
+
+
+async def describe_rotation(connection_id: str) -> RotationView | None:
+    """The rotation block of a connection, or None if rotation was never configured."""
+    from rotation import store
+
+    record = await store.load(connection_id)
+    return None if record is None else view_of(record)
+
+
+async def delete_rotation(connection_id: str) -> None:
+    """Forget a connection's rotation (call before deleting the connection's secret).
+
+    Broker-made password credentials are removed from the app first (best effort: a failure
+    is logged and audited, never blocks the delete), so none outlives the connection untracked.
+    """
+    from rotation import rotator
+
+    await rotator.forget(connection_id)

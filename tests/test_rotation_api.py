@@ -1,0 +1,261 @@
+"""Rotation through the HTTP API: on create, bad settings, PATCH, rotate now, delete, no secret leaks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import ServerHandle, assert_problem
+from tests.rotation_helpers import (
+    BROKER_MARK,
+    PREFIX,
+    Connections,
+    assert_one_working_broker_secret,
+    create_body,
+    current_secret,
+    make_app,
+    pending_vault_secrets,
+    rotation_block,
+    rotation_row,
+)
+
+
+@pytest.fixture
+def made(api: httpx.Client) -> Iterator[Connections]:
+    connections = Connections(api)
+    yield connections
+    connections.cleanup()
+
+
+def test_create_with_rotation_replaces_the_original_secret(
+    made: Connections, fake_azure: Any, broker: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    app = make_app(fake_azure)
+    body = made.create(app)
+    rotation = body["rotation"]
+    key = assert_one_working_broker_secret(fake_azure, broker, app, body["id"])
+    assert rotation["clientSecretKeyId"] == key.key_id
+    assert rotation["status"] == "scheduled"
+    assert rotation["lastError"] is None
+    assert rotation["lastRotatedAt"]
+    # 30 days at 02:00 Berlin: a whole number of local days later, at 02:00 CET/CEST.
+    assert rotation["nextRotationAt"].endswith(("T01:00:00Z", "T00:00:00Z"))
+    # The new secret is marked as the broker's and ends after the next rotation plus a margin.
+    assert key.display_name.startswith(BROKER_MARK)
+    assert key.end.isoformat() > rotation["nextRotationAt"].replace("Z", "")
+    assert not pending_vault_secrets(fake_azure)
+    assert made.get(body["id"])["rotation"] == rotation
+    assert '"event":"rotation.succeeded"' in caplog.text
+
+    # No secret value anywhere: responses, tables, logs.
+    secrets = [app.original_secret, current_secret(broker, body["id"])]
+    listing = made.api.get(PREFIX).text
+    rows = _table_dump(broker)
+    audit = made.api.get("/api/v1/audit-logs", params={"resourceId": body["id"]})
+    assert audit.status_code == 200
+    actions = {e["action"]: e["result"] for e in audit.json()["items"]}
+    assert actions.get("rotation.rotate") == "success"
+    for secret in secrets:
+        for text in (str(body), listing, rows, audit.text, caplog.text):
+            assert secret not in text
+
+
+def _table_dump(broker: ServerHandle) -> str:
+    from core import tables
+
+    async def dump() -> str:
+        out = []
+        for table in ("Rotations", "RotationDue", "AuditLog"):
+            async for row in tables.query(table, "PartitionKey ne ''"):
+                out.append(repr(row.data))
+        return "\n".join(out)
+
+    return broker.run(dump())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"rotateAt": "25:00"}, "rotation.rotateAt"),
+        ({"rotateAt": "2am"}, "rotation.rotateAt"),
+        ({"timeZone": "Europe/Atlantis"}, "rotation.timeZone"),
+        ({"intervalDays": 0}, "rotation.intervalDays"),
+        ({"intervalDays": 366}, "rotation.intervalDays"),
+        ({"clientSecretKeyId": "not-a-guid"}, "rotation.clientSecretKeyId"),
+        ({"clientSecretKeyId": "0b1e3a52-1f4e-4c53-9d1a-7b2f1c0d9e11"}, "rotation.clientSecretKeyId"),
+        ({"intervalDays": None}, "rotation.intervalDays"),
+        ({"everyDays": 3}, "rotation.everyDays"),
+    ],
+)
+def test_bad_rotation_settings_are_422_and_create_nothing(
+    made: Connections, fake_azure: Any, overrides: dict[str, Any], field: str
+) -> None:
+    app = make_app(fake_azure)
+    block = rotation_block(app, **overrides)
+    block = {k: v for k, v in block.items() if v is not None}
+    body = create_body(app, block)
+    response = made.api.post(PREFIX, json=body)
+    assert_problem(response, 422, field)
+    names = [c["name"] for c in made.api.get(PREFIX).json()["items"]]
+    assert body["name"] not in names
+    assert app.key_ids() == {app.original_key_id}  # nothing was added to the app
+
+
+def test_rotation_is_refused_for_the_certificate_method(made: Connections, fake_azure: Any) -> None:
+    app = make_app(fake_azure)
+    body = {
+        "name": "cert-with-rotation",
+        "method": "certificate",
+        "credentials": {
+            "tenantId": app.tenant.id,
+            "clientId": app.app.app_id,
+            "certificate": "x",
+            "privateKey": "y",
+        },
+        "rotation": rotation_block(app),
+    }
+    assert_problem(made.api.post(PREFIX, json=body), 422, "rotation")
+
+
+def test_an_app_that_cannot_write_itself_is_reported_and_keeps_its_secret(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    # Application.Read.All: it may read itself (the Key ID check passes) but not add a secret.
+    app = make_app(fake_azure, permissions=("Application.Read.All",))
+    body = made.create(app)
+    rotation = body["rotation"]
+    assert rotation["status"] == "failed"
+    assert "403" in rotation["lastError"]
+    assert app.key_ids() == {app.original_key_id}
+    assert current_secret(broker, body["id"]) == app.original_secret
+    row = rotation_row(broker, body["id"])
+    assert row.failures == 1
+    assert row.step == ""
+
+
+def test_rotate_now_roles_and_outcomes(
+    made: Connections,
+    fake_azure: Any,
+    broker: ServerHandle,
+    as_role: Callable[[str], httpx.Client],
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    first = body["rotation"]["clientSecretKeyId"]
+    url = f"{PREFIX}/{body['id']}/rotate"
+
+    assert_problem(as_role("Broker.Reader").post(url), 403)
+    response = as_role("Broker.Operator").post(url)
+    assert response.status_code == 200, response.text
+    rotated = response.json()
+    assert rotated["clientSecretKeyId"] != first
+    assert rotated["status"] == "scheduled"
+    key = assert_one_working_broker_secret(fake_azure, broker, app, body["id"])
+    assert key.key_id == rotated["clientSecretKeyId"]
+    assert first not in app.key_ids()
+
+    assert_problem(made.api.post(f"{PREFIX}/00000000-0000-4000-8000-000000000000/rotate"), 404)
+    plain = make_app(fake_azure)
+    without = made.api.post(PREFIX, json=create_body(plain, None))
+    assert without.status_code == 201, without.text
+    made.ids.append(without.json()["id"])
+    assert without.json()["rotation"] is None
+    assert_problem(made.api.post(f"{PREFIX}/{without.json()['id']}/rotate"), 409)
+
+
+def test_rotate_now_is_409_while_a_rotation_is_in_flight(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    from core.audit import SYSTEM
+    from rotation import rotator, store
+
+    app = make_app(fake_azure)
+    body = made.create(app)
+
+    async def start() -> Any:
+        record = await store.load(body["id"])
+        assert record is not None
+        return await rotator.begin(record, SYSTEM, "manual", move_due=True)
+
+    record = broker.run(start())
+    problem = assert_problem(made.api.post(f"{PREFIX}/{body['id']}/rotate"), 409)
+    assert "in flight" in problem["detail"]
+    assert made.get(body["id"])["rotation"]["status"] == "rotating"
+    assert_problem(
+        made.api.patch(f"{PREFIX}/{body['id']}", json={"rotation": {"enabled": True, "intervalDays": 7}}), 409
+    )
+    broker.run(rotator.run(record))  # the owner finishes
+    assert made.get(body["id"])["rotation"]["status"] == "scheduled"
+    assert_one_working_broker_secret(fake_azure, broker, app, body["id"])
+
+
+def test_patch_changes_the_schedule_and_can_disable_it(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    url = f"{PREFIX}/{body['id']}"
+    last = body["rotation"]["lastRotatedAt"]
+
+    response = made.api.patch(
+        url,
+        json={
+            "rotation": {"enabled": True, "intervalDays": 7, "rotateAt": "23:45", "timeZone": "Asia/Tokyo"}
+        },
+    )
+    assert response.status_code == 200, response.text
+    rotation = response.json()["rotation"]
+    assert rotation["intervalDays"] == 7
+    assert rotation["timeZone"] == "Asia/Tokyo"
+    assert rotation["nextRotationAt"].endswith("T14:45:00Z")  # 23:45 JST
+    assert rotation["lastRotatedAt"] == last
+    assert rotation["clientSecretKeyId"] == body["rotation"]["clientSecretKeyId"]
+
+    assert_problem(
+        made.api.patch(url, json={"rotation": {"enabled": True, "timeZone": "Mars/Base"}}),
+        422,
+        "rotation.timeZone",
+    )
+    assert_problem(
+        made.api.patch(url, json={"rotation": {"enabled": True, "clientSecretKeyId": app.original_key_id}}),
+        422,
+        "rotation.clientSecretKeyId",  # removed by the first rotation: no longer on the app
+    )
+
+    off = made.api.patch(url, json={"rotation": {"enabled": False}})
+    assert off.status_code == 200, off.text
+    assert off.json()["rotation"]["status"] == "disabled"
+    assert off.json()["rotation"]["nextRotationAt"] is None
+    row = rotation_row(broker, body["id"])
+    assert row.index_key is None  # out of the due index: the timer never reads it
+
+
+def test_delete_removes_the_broker_made_secret(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    assert len(app.broker_keys()) == 1
+    response = made.api.delete(f"{PREFIX}/{body['id']}")
+    assert response.status_code == 204, response.text
+    assert app.passwords() == []  # the broker's secret does not outlive the connection
+    assert rotation_row(broker, body["id"]) is None
+
+
+def test_delete_waits_for_azure_rather_than_orphan_a_secret(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    fake_azure.inject("graph", "500", count=None, path_pattern="removePassword")
+    assert_problem(made.api.delete(f"{PREFIX}/{body['id']}"), 502)
+    assert made.get(body["id"])["rotation"]["status"] == "scheduled"  # nothing was deleted
+    assert len(app.broker_keys()) == 1
+    fake_azure.reset_faults()
+    assert made.api.delete(f"{PREFIX}/{body['id']}").status_code == 204
+    assert app.passwords() == []
