@@ -7,7 +7,7 @@ import sys
 
 from bench.table import render
 
-MODULES = ["bench.cold_start", "bench.rotation"]
+MODULES = ["bench.cold_start", "bench.rotation", "bench.leases"]
 
 
 def main() -> None:

@@ -295,10 +295,7 @@ def run() -> list[Table]:
             return [*_through_api(fake, handle.url), *_sweep(fake, handle)]
         finally:
             if handle is not None:
-                from leases import provider
-
-                handle.run(provider.close_clients())
-                handle.stop()
+                handle.stop()  # closes every cached client of its loop
             fake.stop()
             azurite.stop()
 

@@ -60,6 +60,10 @@ param stateTableNames array = [
   'OAuthStates'
   'Rotations'
   'RotationDue'
+  'DynamicSecrets'
+  'DynamicSecretUsers'
+  'Leases'
+  'LeaseIndex'
 ]
 
 @description('Public base URL of the broker (SITE_URL; OAuth redirect URIs start with it). Empty: https://<function app>.azurewebsites.net')

@@ -1,0 +1,1 @@
+"""Entra ID dynamic secrets, their leases, the expiry sweeper and the reconciler."""

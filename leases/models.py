@@ -1,0 +1,151 @@
+"""Request and response bodies of the dynamic secret and lease API, and the lease states.
+
+States of a lease (`status`):
+- `pending`: intent recorded, the password is being set (never visible for long; the
+  reconciler resolves one left behind by a crash);
+- `active`: the password works until `expiresAt`;
+- `revoking`: a sweeper or a caller holds a claim (until `claimUntil`) and is resetting it;
+- `revoked`: an unknown random password was set; kept for audit, purged after retention;
+- `revoke_failed`: Azure refused; retried with backoff from `nextAttemptAt`;
+- `forgotten`: an Admin gave up on a lease Azure cannot revoke (`?force=true`); audited.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+
+from core.durations import parse_duration
+from core.models import ApiModel, RequestModel
+
+MAX_USERS_PER_REQUEST = 100
+PREFIX_PATTERN = r"^[A-Za-z][A-Za-z0-9-]{0,29}$"
+GUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+# A tenant is named by its GUID or one of its verified domains (Entra accepts both; a GUID fits).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}[A-Za-z0-9]$"
+
+
+class LeaseStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    REVOKING = "revoking"
+    REVOKED = "revoked"
+    REVOKE_FAILED = "revoke_failed"
+    FORGOTTEN = "forgotten"
+
+
+TERMINAL = {LeaseStatus.REVOKED, LeaseStatus.FORGOTTEN}
+
+
+def _duration(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parse_duration(value)  # ValueError -> 422 naming the field, with the accepted form
+    return value
+
+
+Duration = Annotated[str, Field(min_length=2, max_length=32, examples=["1h", "15m", "1h30m", "7d"])]
+
+
+class DynamicSecretCreate(RequestModel):
+    """One dynamic secret is created per user, all with the same app and TTLs."""
+
+    prefix: Annotated[str, Field(pattern=PREFIX_PATTERN, examples=["ops"])]
+    default_ttl: Duration
+    max_ttl: Duration
+    tenant_id: Annotated[str, Field(pattern=TENANT_PATTERN)]
+    application_id: Annotated[str, Field(pattern=GUID_PATTERN)]
+    client_secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)]
+    users: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]],
+        Field(
+            min_length=1, max_length=MAX_USERS_PER_REQUEST, description="object ids or user principal names"
+        ),
+    ]
+
+    _ttls = field_validator("default_ttl", "max_ttl")(_duration)
+
+
+class DynamicSecretUpdate(RequestModel):
+    """Change the TTLs or the app's client secret (re-validated against Entra ID)."""
+
+    default_ttl: Duration | None = None
+    max_ttl: Duration | None = None
+    client_secret: Annotated[SecretStr | None, Field(min_length=1, max_length=1024)] = None
+
+    _ttls = field_validator("default_ttl", "max_ttl")(_duration)
+
+
+class DynamicSecretOut(ApiModel):
+    name: str
+    id: str
+    prefix: str
+    tenant_id: str
+    application_id: str
+    user_id: str
+    user_principal_name: str
+    default_ttl: str
+    max_ttl: str
+    created_at: str
+    updated_at: str
+
+
+class DynamicSecretList(ApiModel):
+    items: list[DynamicSecretOut]
+
+
+class DynamicSecretsCreated(ApiModel):
+    items: list[DynamicSecretOut]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class LeaseCreate(RequestModel):
+    ttl: Duration | None = None
+
+    _ttl = field_validator("ttl")(_duration)
+
+
+class LeaseRenew(RequestModel):
+    ttl: Duration | None = Field(default=None, description="default: the dynamic secret's defaultTtl")
+
+    _ttl = field_validator("ttl")(_duration)
+
+
+class LeaseOut(ApiModel):
+    id: str
+    dynamic_secret_name: str
+    user_id: str
+    user_principal_name: str
+    status: LeaseStatus
+    created_at: str
+    expires_at: str
+    max_expires_at: str
+    renewed_at: str | None = None
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+
+
+class Credentials(ApiModel):
+    user_principal_name: str
+    password: str
+
+
+class LeaseCreated(ApiModel):
+    lease: LeaseOut
+    credentials: Credentials
+
+
+class LeaseRenewed(ApiModel):
+    lease: LeaseOut
+    capped: bool
+    requested_expires_at: str
+    max_expires_at: str
+
+
+class LeaseList(ApiModel):
+    items: list[LeaseOut]
