@@ -76,6 +76,8 @@ def create_app(routers: Sequence[APIRouter]) -> FastAPI:
     from core import audit, health
     from core.errors import install_problem_handlers
 
+    # azure-core logs every request's headers at INFO: noise (and cost) in Application Insights.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     app = FastAPI(
         title="azure-credential-broker",
         version="1.0.0",
