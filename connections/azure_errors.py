@@ -200,6 +200,17 @@ def server_problem(step: str, status: int, azure_code: str | None = None) -> Ups
     )
 
 
+def transient_problem(
+    step: str, status: int, azure_code: str | None, retry_after: float | None = None
+) -> Problem | None:
+    """Azure's answer once retries are spent: 429 -> 503 with Retry-After, 5xx -> 502; else None."""
+    if status == 429:
+        return throttled_problem(step, retry_after, azure_code)
+    if status >= 500:
+        return server_problem(step, status, azure_code)
+    return None
+
+
 def unreachable_problem(step: str, error: BaseException) -> UpstreamError:
     return UpstreamError(
         f"{_label(step)} failed: Azure could not be reached ({type(error).__name__}).",
@@ -252,9 +263,10 @@ def entra_problem(
         description = body
         number = aadsts_code(body)
     azure_code = f"AADSTS{number}" if number else None
-    if status == 429:
-        return throttled_problem(step, retry_after, azure_code)
-    if status >= 500 or number in {"50196", "90033", "50000"}:
+    transient = transient_problem(step, status, azure_code, retry_after)
+    if transient is not None:
+        return transient
+    if number in {"50196", "90033", "50000"}:  # Entra's own "try again later" codes
         return server_problem(step, status, azure_code)
     explanation = _AADSTS_EXPLAINED.get(number or "") or Explanation(
         default_field, "Entra ID refused the request; see azureCode and azureMessage"
@@ -331,11 +343,10 @@ def graph_problem(
         odata = getattr(error, "error", None)
         code = str(getattr(odata, "code", "") or "") or None
         message = str(getattr(odata, "message", "") or "")
-        if status == 429:
-            headers = {k.lower(): v for k, v in (error.response_headers or {}).items()}
-            return throttled_problem(step, retry_after_seconds(headers), code)
-        if status >= 500:
-            return server_problem(step, status, code)
+        headers = {k.lower(): v for k, v in (error.response_headers or {}).items()}
+        transient = transient_problem(step, status, code, retry_after_seconds(headers))
+        if transient is not None:
+            return transient
         explanation = _GRAPH_EXPLAINED.get(status) or Explanation(
             "clientId", "Microsoft Graph refused the request; see azureCode"
         )

@@ -12,6 +12,7 @@ app credentials, `/me` for OAuth). Nothing is stored unless both work.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from connections import lifecycle, oauth, store
@@ -23,12 +24,13 @@ from connections.store import ConnectionRecord, CredentialCache
 from core import clock
 from core.auth import Caller
 from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
-from core.errors import Conflict, FieldError, Unavailable
+from core.errors import Conflict, FieldError, Unavailable, Unprocessable
 from core.models import ApiModel
 from core.tables import ConcurrencyConflict
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
+    from msgraph.generated.models.application import Application
     from msgraph.graph_service_client import GraphServiceClient
 
 KIND = "azure-client-secrets"
@@ -142,17 +144,46 @@ def _credential(tenant_id: str, client_id: str, method: str, secrets: dict[str, 
     return client_secret_credential(tenant_id, client_id, secrets["clientSecret"])
 
 
-async def close_graph(client: GraphServiceClient) -> None:
-    """Close the httpx client under a Graph client we built."""
-    http = getattr(client.request_adapter, "_http_client", None)
-    if http is not None:
-        await http.aclose()
+async def close_graph(client: GraphServiceClient, credential: AsyncTokenCredential | None = None) -> None:
+    """Close a Graph client we built: the httpx client under it, and its credential's session."""
+    try:
+        http = getattr(client.request_adapter, "_http_client", None)
+        if http is not None:
+            await http.aclose()
+    finally:
+        if credential is not None:
+            await credential.close()
+
+
+def require_key_id(app: Application, key_id: str, client_id: str) -> None:
+    """422 naming `rotation.clientSecretKeyId` unless `key_id` is one of the app's client secrets."""
+    keys = {str(c.key_id).lower() for c in app.password_credentials or [] if c.key_id}
+    if key_id.lower() not in keys:
+        raise Unprocessable(
+            "the Key ID is not a client secret of the connection's app",
+            [
+                FieldError(
+                    "rotation.clientSecretKeyId",
+                    f"is not the Secret ID of a client secret of app {client_id}; "
+                    "copy it from the app's Certificates & secrets page",
+                )
+            ],
+        )
 
 
 async def validate_app_credentials(
-    tenant_id: str, client_id: str, method: str, secrets: dict[str, str], redact: list[str]
+    tenant_id: str,
+    client_id: str,
+    method: str,
+    secrets: dict[str, str],
+    redact: list[str],
+    *,
+    key_id: str | None = None,
 ) -> None:
-    """Prove app credentials work: acquire a Graph token, then read the app itself from Graph."""
+    """Prove app credentials work: acquire a Graph token, then read the app itself from Graph.
+
+    With `key_id` (the rotation's Key ID of a new client secret), the app read must list it.
+    """
     try:
         credential = _credential(tenant_id, client_id, method, secrets)
     except ValueError as error:
@@ -169,18 +200,23 @@ async def validate_app_credentials(
             raise credential_problem(error, redact=redact) from None
         client = graph_client(credential)
         try:
-            await within_deadline(client.applications_with_app_id(client_id).get(), "graph-call")
+            app = await within_deadline(client.applications_with_app_id(client_id).get(), "graph-call")
         except Exception as error:
             raise graph_problem(error, redact=redact) from None
     finally:
-        await credential.close()
-        if client is not None:
-            await close_graph(client)
+        if client is None:
+            await credential.close()
+        else:
+            await close_graph(client, credential)
+    if key_id is not None and app is not None:
+        require_key_id(app, key_id, client_id)
 
 
-async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> None:
+async def _validate(
+    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, key_id: str | None = None
+) -> None:
     await validate_app_credentials(
-        record.tenant_id or "", record.client_id or "", record.method, secrets, redact
+        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, key_id=key_id
     )
 
 
@@ -210,10 +246,25 @@ async def create_connection(
 
 
 async def update_connection(
-    connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None = None
-) -> ClientSecretConnection:
-    """Rename, redescribe and/or re-credential (validated first); a lost ETag race is a 409."""
-    return to_connection(await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match))
+    connection_id: str,
+    changes: ConnectionChanges,
+    caller: Caller,
+    *,
+    if_match: str | None = None,
+    rotation_key_id: str | None = None,
+) -> tuple[ClientSecretConnection, str | None]:
+    """Rename, redescribe and/or re-credential (validated first); a lost ETag race is a 409.
+
+    `rotation_key_id`: the Key ID the rotation will track for a new client secret; it is checked
+    against the app with the new credentials, before anything is saved. Returns the ETag too.
+    """
+    spec = (
+        SPEC
+        if rotation_key_id is None
+        else replace(SPEC, validate=partial(_validate, key_id=rotation_key_id))
+    )
+    record = await lifecycle.update(spec, connection_id, changes, caller, if_match=if_match)
+    return to_connection(record), record.etag
 
 
 async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
@@ -245,15 +296,10 @@ async def graph_client_for(connection_id: str) -> GraphServiceClient:
     """A Graph client authenticated as the connection with its CURRENT credential (cached per revision)."""
     record = await store.get_record(KIND, connection_id)
 
-    async def build() -> tuple[GraphServiceClient, Any]:
+    async def build() -> tuple[GraphServiceClient, store.Closer]:
         credential = await _connection_credential(record)
         client = graph_client(credential)
-
-        async def close() -> None:
-            await credential.close()
-            await close_graph(client)
-
-        return client, close
+        return client, partial(close_graph, client, credential)
 
     return await _graph_clients.get(record, build)
 
@@ -312,12 +358,7 @@ async def store_client_secret(connection_id: str, secret: str) -> None:
 
 async def start_oauth(name: str, tenant_id: str, description: str | None, caller: Caller) -> str:
     """The authorize URL for a new OAuth connection (the name is checked now, claimed at the callback)."""
-    if await store.name_taken(KIND, name):
-        raise Conflict(
-            f"an Azure Client Secrets connection named {name!r} already exists",
-            [FieldError("name", "is taken; choose another name or delete the other connection")],
-            code="name-taken",
-        )
+    await store.ensure_name_free(KIND, name)
     return await oauth.start_authorization(
         KIND, tenant_id, {"name": name, "description": description}, caller
     )
@@ -327,7 +368,7 @@ async def _complete_oauth(
     pending: oauth.PendingAuthorization, tokens: oauth.TokenSet
 ) -> ClientSecretConnection:
     """The callback's last step for this kind: check `/me` with the delegated token, then create."""
-    name, tenant = str(pending.params["name"]), str(pending.params["tenantId"])
+    tenant = str(pending.params["tenantId"])
     token_tenant = oauth.check_grant(tokens, tenant)
     credential = oauth.StaticTokenCredential(tokens.access_token, tokens.expires_on)
     client = graph_client(credential)
@@ -337,26 +378,8 @@ async def _complete_oauth(
         raise graph_problem(error, delegated=True) from None
     finally:
         await close_graph(client)
-    now = clock.isoformat(clock.now())
-    record = ConnectionRecord(
-        kind=KIND,
-        id=store.new_id(),
-        name=name,
-        method="oauth",
-        description=pending.params.get("description"),
-        tenant_id=token_tenant or tenant,
-        client_id=oauth.operator_app(oauth.kind_of(KIND)).client_id,
-        credential_rev=store.new_rev(),
-        meta={"user": str(getattr(me, "user_principal_name", "") or "")},
-        created_at=now,
-        updated_at=now,
-        created_by=pending.caller.name,
-    )
-    assert tokens.refresh_token
-    created = await lifecycle.insert(
-        SPEC, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False
-    )
-    return to_connection(created)
+    user = str(getattr(me, "user_principal_name", "") or "")
+    return to_connection(await lifecycle.insert_oauth(SPEC, pending, tokens, token_tenant or tenant, user))
 
 
 SPEC = KindSpec(

@@ -7,13 +7,13 @@ after the connection is saved (a refused block on create rolls the new connectio
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Response, status
+from fastapi import Depends, Response, status
 
-from connections import client_secrets, oauth
+from connections import client_secrets
 from connections.client_secrets import ClientSecretConnection
-from connections.lifecycle import ConnectionChanges
 from connections.models import (
     AuthorizationStarted,
     AuthorizeClientSecretsBody,
@@ -23,23 +23,20 @@ from connections.models import (
     CreateClientSecretsBody,
     UpdateClientSecretsBody,
 )
-from connections.routing import tagged_union_route
+from connections.routing import (
+    ConnectionId,
+    IfMatch,
+    authorization_started,
+    changes_of,
+    connection_router,
+    set_etag,
+)
 from core.auth import Caller, Role, require
 from core.errors import FieldError, Problem, Unprocessable
 from rotation import service as rotation
 
 PREFIX = "/api/v1/app-connections/azure-client-secrets"
-ConnectionId = Annotated[str, Path(min_length=1, max_length=64, description="The connection's id")]
-IfMatch = Annotated[str | None, Header(alias="If-Match", max_length=256, description="ETag from a GET")]
-
-router = APIRouter(
-    prefix=PREFIX,
-    tags=["azure-client-secrets"],
-    route_class=tagged_union_route(
-        ("client-secret", "certificate"),
-        {"oauth": f"oauth connections are created by signing in: POST {PREFIX}/oauth/authorize"},
-    ),
-)
+router = connection_router(PREFIX, "azure-client-secrets", ("client-secret", "certificate"))
 
 
 async def view(connection: ClientSecretConnection) -> ClientSecretConnectionView:
@@ -47,11 +44,6 @@ async def view(connection: ClientSecretConnection) -> ClientSecretConnectionView
     return ClientSecretConnectionView(
         **connection.model_dump(), rotation=await rotation.describe_rotation(connection.id)
     )
-
-
-def _etag(response: Response, etag: str | None) -> None:
-    if etag:
-        response.headers["ETag"] = etag
 
 
 @router.post(
@@ -83,7 +75,8 @@ async def create_connection(
 async def list_connections(
     caller: Annotated[Caller, Depends(require(Role.READER))],
 ) -> ClientSecretConnectionList:
-    return ClientSecretConnectionList(items=[await view(c) for c in await client_secrets.list_connections()])
+    connections = await client_secrets.list_connections()
+    return ClientSecretConnectionList(items=list(await asyncio.gather(*(view(c) for c in connections))))
 
 
 @router.post(
@@ -95,11 +88,8 @@ async def authorize(
     body: AuthorizeClientSecretsBody,
     caller: Annotated[Caller, Depends(require(Role.ADMIN))],
 ) -> AuthorizationStarted:
-    url = await client_secrets.start_oauth(body.name, body.tenant_id, body.description, caller)
-    return AuthorizationStarted(
-        authorization_url=url,
-        expires_in=int(oauth.STATE_TTL.total_seconds()),
-        redirect_uri=oauth.redirect_uri(),
+    return authorization_started(
+        await client_secrets.start_oauth(body.name, body.tenant_id, body.description, caller)
     )
 
 
@@ -110,7 +100,7 @@ async def get_connection(
     response: Response,
 ) -> ClientSecretConnectionView:
     connection, etag = await client_secrets.get_connection_with_etag(connection_id)
-    _etag(response, etag)
+    set_etag(response, etag)
     return await view(connection)
 
 
@@ -126,37 +116,33 @@ async def update_connection(
     response: Response,
     if_match: IfMatch = None,
 ) -> ClientSecretConnectionView:
-    fields = body.model_fields_set
-    changes = ConnectionChanges(
-        name=body.name,
-        description=body.description,
-        description_set="description" in fields,
-        credentials=body.credentials,
-    )
-    connection = await client_secrets.get_connection(connection_id)
+    changes = changes_of(body)
+    connection, etag = await client_secrets.get_connection_with_etag(connection_id)
     if body.rotation is not None and connection.method != "client-secret":
         raise Unprocessable(
             "automatic rotation needs the client-secret method",
             [FieldError("rotation", f"is only available for method client-secret, not {connection.method}")],
         )
+    # A new client secret under rotation needs the new secret's Key ID (checked with the new
+    # credentials, before anything is saved), so the rotation never tracks the previous one.
+    key_id = await rotation.key_id_for_new_secret(connection_id, body.rotation, changes.credentials)
     changed = changes.name is not None or changes.description_set or changes.credentials is not None
     if changed or if_match is not None:
-        connection = await client_secrets.update_connection(connection_id, changes, caller, if_match=if_match)
-    if body.rotation is not None:
-        try:
-            rotation_view = await rotation.configure_rotation(
-                connection, body.rotation, caller, on_create=False
+        connection, etag = await client_secrets.update_connection(
+            connection_id, changes, caller, if_match=if_match, rotation_key_id=key_id
+        )
+    secret_changed = changes.credentials is not None and "clientSecret" in changes.credentials
+    try:
+        rotation_view = await rotation.configure_rotation(
+            connection, body.rotation, caller, on_create=False, secret_changed=secret_changed
+        )
+    except Problem as problem:
+        if changed:
+            problem.detail = (
+                f"The connection was updated, but its rotation settings were not: {problem.detail}"
             )
-        except Problem as problem:
-            if changed:
-                problem.detail = (
-                    f"The connection was updated, but its rotation settings were not: {problem.detail}"
-                )
-            raise
-    else:
-        rotation_view = await rotation.describe_rotation(connection.id)
-    _, etag = await client_secrets.get_connection_with_etag(connection_id)
-    _etag(response, etag)
+        raise
+    set_etag(response, etag)
     return ClientSecretConnectionView(**connection.model_dump(), rotation=rotation_view)
 
 

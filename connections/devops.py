@@ -21,14 +21,12 @@ from connections.azure_errors import (
     rejected,
     retry_after_seconds,
     send_with_retries,
-    server_problem,
-    throttled_problem,
+    transient_problem,
     within_deadline,
 )
 from connections.fields import DevOpsAccessTokenCredentials, DevOpsClientSecretCredentials
 from connections.lifecycle import ConnectionChanges, KindSpec, Material
 from connections.store import ConnectionRecord, CredentialCache
-from core import clock
 from core.auth import Caller
 from core.azure_clients import client_secret_credential, http_client
 from core.errors import Conflict, FieldError, Problem, Unprocessable
@@ -135,10 +133,9 @@ def devops_problem(response: httpx.Response, method: str, org: str) -> Problem:
     type_key = str(body.get("typeKey", "")) if isinstance(body, dict) else ""
     tf_code = re.search(r"TF\d+", message)
     azure_code = tf_code.group(0) if tf_code else (type_key or None)
-    if status == 429:
-        return throttled_problem("devops-call", retry_after_seconds(response.headers), azure_code)
-    if status >= 500:
-        return server_problem("devops-call", status, azure_code)
+    transient = transient_problem("devops-call", status, azure_code, retry_after_seconds(response.headers))
+    if transient is not None:
+        return transient
     lowered = message.lower()
     if status == 404:
         explanation = Explanation("orgName", f"organization not found: {org} does not exist in Azure DevOps")
@@ -323,8 +320,10 @@ async def create_connection(
 
 async def update_connection(
     connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None = None
-) -> DevOpsConnection:
-    return to_connection(await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match))
+) -> tuple[DevOpsConnection, str | None]:
+    """Apply a PATCH (new credentials validated first); the connection and its new ETag."""
+    record = await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match)
+    return to_connection(record), record.etag
 
 
 async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
@@ -342,7 +341,7 @@ async def list_projects(
         )
     record = await store.get_record(KIND, connection_id)
 
-    async def build() -> tuple[_Authorizer, Any]:
+    async def build() -> tuple[_Authorizer, store.Closer]:
         authorizer = _Authorizer(record)
         return authorizer, authorizer.close
 
@@ -371,12 +370,7 @@ async def list_projects(
 async def start_oauth(
     name: str, tenant_id: str, org_name: str, description: str | None, caller: Caller
 ) -> str:
-    if await store.name_taken(KIND, name):
-        raise Conflict(
-            f"an Azure DevOps connection named {name!r} already exists",
-            [FieldError("name", "is taken; choose another name or delete the other connection")],
-            code="name-taken",
-        )
+    await store.ensure_name_free(KIND, name)
     return await oauth.start_authorization(
         KIND, tenant_id, {"name": name, "description": description, "orgName": org_name}, caller
     )
@@ -384,30 +378,11 @@ async def start_oauth(
 
 async def _complete_oauth(pending: oauth.PendingAuthorization, tokens: oauth.TokenSet) -> DevOpsConnection:
     """The callback's last step for this kind: list projects with the delegated token, then create."""
-    params = pending.params
-    name, tenant, org = str(params["name"]), str(params["tenantId"]), str(params["orgName"])
+    tenant, org = str(pending.params["tenantId"]), str(pending.params["orgName"])
     token_tenant = oauth.check_grant(tokens, tenant)
     await _projects(org, f"Bearer {tokens.access_token}", "oauth", top=1, continuation=None)
-    now = clock.isoformat(clock.now())
-    record = ConnectionRecord(
-        kind=KIND,
-        id=store.new_id(),
-        name=name,
-        method="oauth",
-        description=params.get("description"),
-        tenant_id=token_tenant or tenant,
-        client_id=oauth.operator_app(oauth.kind_of(KIND)).client_id,
-        org_name=org,
-        credential_rev=store.new_rev(),
-        meta={"user": str(tokens.claims.get("preferred_username") or tokens.claims.get("upn") or "")},
-        created_at=now,
-        updated_at=now,
-        created_by=pending.caller.name,
-    )
-    assert tokens.refresh_token
-    created = await lifecycle.insert(
-        SPEC, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False
-    )
+    user = str(tokens.claims.get("preferred_username") or tokens.claims.get("upn") or "")
+    created = await lifecycle.insert_oauth(SPEC, pending, tokens, token_tenant or tenant, user, org_name=org)
     return to_connection(created)
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from fastapi import Depends, Query, Response, status
 
-from connections import devops, oauth
+from connections import devops
 from connections.devops import DevOpsConnection, ProjectPage
-from connections.lifecycle import ConnectionChanges
 from connections.models import (
     AuthorizationStarted,
     AuthorizeDevOpsBody,
@@ -16,26 +15,18 @@ from connections.models import (
     DevOpsConnectionList,
     UpdateDevOpsBody,
 )
-from connections.routing import tagged_union_route
+from connections.routing import (
+    ConnectionId,
+    IfMatch,
+    authorization_started,
+    changes_of,
+    connection_router,
+    set_etag,
+)
 from core.auth import Caller, Role, require
 
 PREFIX = "/api/v1/app-connections/azure-devops"
-ConnectionId = Annotated[str, Path(min_length=1, max_length=64, description="The connection's id")]
-IfMatch = Annotated[str | None, Header(alias="If-Match", max_length=256, description="ETag from a GET")]
-
-router = APIRouter(
-    prefix=PREFIX,
-    tags=["azure-devops"],
-    route_class=tagged_union_route(
-        ("access-token", "client-secret"),
-        {"oauth": f"oauth connections are created by signing in: POST {PREFIX}/oauth/authorize"},
-    ),
-)
-
-
-def _etag(response: Response, etag: str | None) -> None:
-    if etag:
-        response.headers["ETag"] = etag
+router = connection_router(PREFIX, "azure-devops", ("access-token", "client-secret"))
 
 
 @router.post(
@@ -68,11 +59,8 @@ async def authorize(
     body: AuthorizeDevOpsBody,
     caller: Annotated[Caller, Depends(require(Role.ADMIN))],
 ) -> AuthorizationStarted:
-    url = await devops.start_oauth(body.name, body.tenant_id, body.org_name, body.description, caller)
-    return AuthorizationStarted(
-        authorization_url=url,
-        expires_in=int(oauth.STATE_TTL.total_seconds()),
-        redirect_uri=oauth.redirect_uri(),
+    return authorization_started(
+        await devops.start_oauth(body.name, body.tenant_id, body.org_name, body.description, caller)
     )
 
 
@@ -83,7 +71,7 @@ async def get_connection(
     response: Response,
 ) -> DevOpsConnection:
     connection, etag = await devops.get_connection_with_etag(connection_id)
-    _etag(response, etag)
+    set_etag(response, etag)
     return connection
 
 
@@ -99,15 +87,10 @@ async def update_connection(
     response: Response,
     if_match: IfMatch = None,
 ) -> DevOpsConnection:
-    changes = ConnectionChanges(
-        name=body.name,
-        description=body.description,
-        description_set="description" in body.model_fields_set,
-        credentials=body.credentials,
+    connection, etag = await devops.update_connection(
+        connection_id, changes_of(body), caller, if_match=if_match
     )
-    connection = await devops.update_connection(connection_id, changes, caller, if_match=if_match)
-    _, etag = await devops.get_connection_with_etag(connection_id)
-    _etag(response, etag)
+    set_etag(response, etag)
     return connection
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from connections import store
+from connections import oauth, store
 from connections.store import ConnectionRecord
 from core import audit, clock
 from core.auth import Caller
@@ -154,6 +154,37 @@ async def insert(
     return record
 
 
+async def insert_oauth(
+    spec: KindSpec,
+    pending: oauth.PendingAuthorization,
+    tokens: oauth.TokenSet,
+    tenant_id: str,
+    user: str,
+    *,
+    org_name: str | None = None,
+) -> ConnectionRecord:
+    """Create the OAuth connection of a completed (and validated) authorization: claim its name,
+    store its refresh token, insert the row."""
+    assert tokens.refresh_token  # oauth.check_grant refused a grant without one
+    now = clock.isoformat(clock.now())
+    record = ConnectionRecord(
+        kind=spec.kind,
+        id=store.new_id(),
+        name=str(pending.params["name"]),
+        method="oauth",
+        description=pending.params.get("description"),
+        tenant_id=tenant_id,
+        client_id=oauth.operator_app(oauth.kind_of(spec.kind)).client_id,
+        org_name=org_name,
+        credential_rev=store.new_rev(),
+        meta={"user": user},
+        created_at=now,
+        updated_at=now,
+        created_by=pending.caller.name,
+    )
+    return await insert(spec, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False)
+
+
 def _check_etag(record: ConnectionRecord, if_match: str | None) -> None:
     if if_match is not None and if_match.strip() not in {record.etag, "*"}:
         raise PreconditionFailed(
@@ -248,10 +279,7 @@ async def delete(
     """Forget a connection and its secret material (credentials in Azure are left as they are)."""
     record = await store.get_record(spec.kind, connection_id)
     _check_etag(record, if_match)
-    await store.delete_record(record)
-    await store.delete_secrets(record.secret_refs)
-    await store.release_name(spec.kind, record.name, record.id)
-    await spec.invalidate(record.id)
+    await _remove(spec, record)
     await audit.record(caller, "connection.delete", spec.resource, record.id, detail=f"name={record.name}")
     return record
 
@@ -262,10 +290,15 @@ async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, re
         record = await store.get_record(spec.kind, connection_id)
     except Problem:
         return
-    await store.delete_record(replace(record, etag=None))
-    await store.delete_secrets(record.secret_refs)
-    await store.release_name(spec.kind, record.name, record.id)
-    await spec.invalidate(record.id)
+    await _remove(spec, replace(record, etag=None))
     await audit.record(
         caller, "connection.create", spec.resource, record.id, "failure", detail=f"rolled back: {reason}"
     )
+
+
+async def _remove(spec: KindSpec, record: ConnectionRecord) -> None:
+    """Delete the row (with its ETag, if it carries one), then its secrets, name and cached clients."""
+    await store.delete_record(record)
+    await store.delete_secrets(record.secret_refs)
+    await store.release_name(spec.kind, record.name, record.id)
+    await spec.invalidate(record.id)

@@ -62,12 +62,17 @@ CreateClientSecretsBody = Annotated[
 ]
 
 
-class UpdateClientSecretsBody(RequestModel):
+class UpdateConnectionBody(RequestModel):
     """A PATCH: only the fields present change."""
 
     name: Name | None = None
     description: Description = None
     credentials: dict[str, Any] | None = Field(default=None, description=PATCH_CREDENTIALS)
+
+
+class UpdateClientSecretsBody(UpdateConnectionBody):
+    """A PATCH: only the fields present change."""
+
     rotation: RotationSettings | None = None
 
 
@@ -121,10 +126,8 @@ CreateDevOpsBody = Annotated[
 ]
 
 
-class UpdateDevOpsBody(RequestModel):
-    name: Name | None = None
-    description: Description = None
-    credentials: dict[str, Any] | None = Field(default=None, description=PATCH_CREDENTIALS)
+class UpdateDevOpsBody(UpdateConnectionBody):
+    """A PATCH: only the fields present change."""
 
 
 class AuthorizeDevOpsBody(RequestModel):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlencode
 
 from connections.azure_errors import (
@@ -467,7 +467,20 @@ def check_grant(tokens: TokenSet, tenant: str) -> str:
     return token_tenant
 
 
-class StaticTokenCredential:
+class _SessionlessCredential:
+    """The AsyncTokenCredential protocol's lifecycle for a credential that holds no HTTP session."""
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        return None
+
+
+class StaticTokenCredential(_SessionlessCredential):
     """An AsyncTokenCredential over one access token (validating a fresh OAuth grant)."""
 
     def __init__(self, token: str, expires_on: int) -> None:
@@ -479,17 +492,8 @@ class StaticTokenCredential:
 
         return AccessToken(self._token, self._expires_on)
 
-    async def close(self) -> None:
-        return None
 
-    async def __aenter__(self) -> StaticTokenCredential:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None
-
-
-class RefreshTokenCredential:
+class RefreshTokenCredential(_SessionlessCredential):
     """An AsyncTokenCredential for a delegated connection: redeems its stored refresh token.
 
     The access token is cached until shortly before it expires; when Entra returns a new
@@ -501,13 +505,11 @@ class RefreshTokenCredential:
         self._tenant = tenant
         self._ref = refresh_token_ref
         self._token: tuple[str, int] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # one refresh at a time (Entra rotates the refresh token)
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         from azure.core.credentials import AccessToken
 
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             if self._token is None or self._token[1] - REFRESH_MARGIN_SECONDS < time.time():
                 store = secret_store()
@@ -517,12 +519,3 @@ class RefreshTokenCredential:
                     await store.set(self._ref, tokens.refresh_token)
                 self._token = (tokens.access_token, tokens.expires_on)
             return AccessToken(*self._token)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> RefreshTokenCredential:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None

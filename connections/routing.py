@@ -1,4 +1,4 @@
-"""A route class that reports errors of `method`-discriminated bodies by their JSON path.
+"""What the connection routers share: path/header parameters, the router, and its error paths.
 
 Pydantic puts the union tag in an error's location (`body.client-secret.credentials.clientSecret`);
 callers think in JSON paths (`credentials.clientSecret`). An unknown or missing `method` is
@@ -8,11 +8,18 @@ reported on the field `method`, naming the methods this route takes.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+
+from connections import oauth
+from connections.lifecycle import ConnectionChanges
+from connections.models import AuthorizationStarted, UpdateConnectionBody
+
+ConnectionId = Annotated[str, Path(min_length=1, max_length=64, description="The connection's id")]
+IfMatch = Annotated[str | None, Header(alias="If-Match", max_length=256, description="ETag from a GET")]
 
 TAGS = frozenset({"client-secret", "certificate", "oauth", "access-token"})
 
@@ -59,3 +66,37 @@ def tagged_union_route(methods: Sequence[str], hints: dict[str, str] | None = No
             return route_handler
 
     return TaggedUnionRoute
+
+
+def connection_router(prefix: str, tag: str, methods: Sequence[str]) -> APIRouter:
+    """The router of one connection kind: create bodies tagged by `methods`; oauth is by sign-in only."""
+    return APIRouter(
+        prefix=prefix,
+        tags=[tag],
+        route_class=tagged_union_route(
+            methods, {"oauth": f"oauth connections are created by signing in: POST {prefix}/oauth/authorize"}
+        ),
+    )
+
+
+def set_etag(response: Response, etag: str | None) -> None:
+    if etag:
+        response.headers["ETag"] = etag
+
+
+def changes_of(body: UpdateConnectionBody) -> ConnectionChanges:
+    """A PATCH body's connection changes (only the fields present change)."""
+    return ConnectionChanges(
+        name=body.name,
+        description=body.description,
+        description_set="description" in body.model_fields_set,
+        credentials=body.credentials,
+    )
+
+
+def authorization_started(url: str) -> AuthorizationStarted:
+    return AuthorizationStarted(
+        authorization_url=url,
+        expires_in=int(oauth.STATE_TTL.total_seconds()),
+        redirect_uri=oauth.redirect_uri(),
+    )

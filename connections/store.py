@@ -26,10 +26,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from core import clock, tables
 from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable
+from core.loop_cache import PerLoop
 from core.secret_store import secret_name, secret_store
 
 log = logging.getLogger(__name__)
@@ -125,17 +126,21 @@ def not_found(kind: str, connection_id: str) -> NotFound:
 # ---------------------------------------------------------------------------------------------- names
 
 
+def _name_taken(kind: str, name: str) -> Conflict:
+    return Conflict(
+        f"a {KIND_LABEL.get(kind, kind)} connection named {name!r} already exists",
+        [FieldError("name", "is taken; choose another name or delete the other connection")],
+        code="name-taken",
+    )
+
+
 async def claim_name(kind: str, name: str, connection_id: str) -> None:
     """Take `name` for `connection_id`, or 409 if another connection of this kind holds it.
 
     A claim left by a create that died before inserting its row is taken over once it is
     older than STALE_CLAIM (with an ETag write, so two takers cannot both win).
     """
-    taken = Conflict(
-        f"a {KIND_LABEL.get(kind, kind)} connection named {name!r} already exists",
-        [FieldError("name", "is taken; choose another name or delete the other connection")],
-        code="name-taken",
-    )
+    taken = _name_taken(kind, name)
     for _ in range(3):
         claim = {"connectionId": connection_id, "claimedAt": clock.isoformat(clock.now())}
         try:
@@ -149,8 +154,7 @@ async def claim_name(kind: str, name: str, connection_id: str) -> None:
         holder = str(existing.data.get("connectionId", ""))
         if holder == connection_id:
             return
-        claimed_at = str(existing.data.get("claimedAt", ""))
-        if claimed_at >= clock.isoformat(clock.now() - STALE_CLAIM) or await tables.get(TABLE, kind, holder):
+        if await _held(kind, existing):
             raise taken
         try:
             await tables.replace(existing, claim)
@@ -170,14 +174,18 @@ async def release_name(kind: str, name: str, connection_id: str) -> None:
             return
 
 
-async def name_taken(kind: str, name: str) -> bool:
-    """Whether a live connection (or a fresh claim) holds `name` (a fast pre-check; the claim decides)."""
+async def ensure_name_free(kind: str, name: str) -> None:
+    """409 if a live connection (or a fresh claim) holds `name` (a fast pre-check; the claim decides)."""
     row = await tables.get(NAMES_TABLE, kind, name)
-    if row is None:
-        return False
-    holder = str(row.data.get("connectionId", ""))
-    fresh = str(row.data.get("claimedAt", "")) >= clock.isoformat(clock.now() - STALE_CLAIM)
-    return fresh or await tables.get(TABLE, kind, holder) is not None
+    if row is not None and await _held(kind, row):
+        raise _name_taken(kind, name)
+
+
+async def _held(kind: str, claim: tables.Row) -> bool:
+    """A name claim is held while it is fresh or its connection row exists."""
+    if str(claim.data.get("claimedAt", "")) >= clock.isoformat(clock.now() - STALE_CLAIM):
+        return True
+    return await tables.get(TABLE, kind, str(claim.data.get("connectionId", ""))) is not None
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -272,57 +280,54 @@ async def delete_secrets(refs: Mapping[str, str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- cache
 
+Closer = Callable[[], Awaitable[None]]
 
-@dataclass
-class _Entry(Generic[T]):
-    rev: str
-    loop: asyncio.AbstractEventLoop
-    value: T
-    close: Callable[[], Awaitable[None]] | None
+
+class _LoopEntries(dict[str, tuple[str, Any, Closer]]):
+    """One event loop's built clients: connection id -> (credential revision, client, its closer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def drop(self, connection_id: str) -> None:
+        entry = self.pop(connection_id, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):  # closing a stale client is best effort
+                await entry[2]()
+
+    async def close(self) -> None:
+        """`core.loop_cache.close_all` calls this at shutdown: no HTTP session is left open."""
+        for connection_id in list(self):
+            await self.drop(connection_id)
+
+
+async def _new_entries() -> _LoopEntries:
+    return _LoopEntries()
 
 
 class CredentialCache(Generic[T]):
-    """One built client per (connection, credential revision, event loop).
+    """One built client per (connection, credential revision), per event loop.
 
-    A credential change gives the row a new revision, so the next lookup builds afresh and
-    closes the stale client; `invalidate` drops an entry at once (this process).
+    A credential change gives the row a new revision, so the next lookup closes the stale
+    client and builds afresh; `invalidate` closes it at once (this process). The cache is a
+    `core.loop_cache.PerLoop`, so `close_all` closes every client at shutdown.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry[T]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._loops: PerLoop[_LoopEntries] = PerLoop(_new_entries)
 
-    async def get(
-        self,
-        record: ConnectionRecord,
-        build: Callable[[], Awaitable[tuple[T, Callable[[], Awaitable[None]] | None]]],
-    ) -> T:
-        loop = asyncio.get_running_loop()
-        entry = self._entries.get(record.id)
-        if entry is not None and entry.rev == record.credential_rev and entry.loop is loop:
-            return entry.value
-        lock = self._locks.setdefault(record.id, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(record.id)
-            if entry is not None and entry.rev == record.credential_rev and entry.loop is loop:
-                return entry.value
-            if entry is not None:
-                await self._close(entry)
-            value, close = await build()
-            self._entries[record.id] = _Entry(record.credential_rev, loop, value, close)
-            return value
+    async def get(self, record: ConnectionRecord, build: Callable[[], Awaitable[tuple[T, Closer]]]) -> T:
+        entries = await self._loops.get()
+        entry = entries.get(record.id)
+        if entry is None or entry[0] != record.credential_rev:
+            async with entries.locks.setdefault(record.id, asyncio.Lock()):
+                entry = entries.get(record.id)
+                if entry is None or entry[0] != record.credential_rev:
+                    await entries.drop(record.id)
+                    value, close = await build()
+                    entry = entries[record.id] = (record.credential_rev, value, close)
+        return cast(T, entry[1])
 
     async def invalidate(self, connection_id: str) -> None:
-        entry = self._entries.pop(connection_id, None)
-        if entry is not None:
-            await self._close(entry)
-
-    async def _close(self, entry: _Entry[T]) -> None:
-        if entry.close is None or entry.loop is not asyncio.get_running_loop():
-            return
-        with contextlib.suppress(Exception):  # closing a stale client is best effort
-            await entry.close()
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._locks.clear()
+        await (await self._loops.get()).drop(connection_id)

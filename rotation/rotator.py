@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, cast
 from uuid import UUID
 
+from connections.client_secrets import RESOURCE  # rotation is audited as the connection's events
 from core import audit, clock, events, tables
 from core.errors import Conflict, FieldError, NotFound, Problem, Unprocessable, UpstreamError
 from core.secret_store import SecretMissing, secret_name, secret_store
@@ -58,7 +59,6 @@ VERIFY_FIRST_DELAY_SECONDS = 0.5
 VERIFY_MAX_DELAY_SECONDS = 8.0
 # A rotation whose step has not moved for this long belongs to a worker that died.
 STUCK_AFTER = timedelta(minutes=5)
-RESOURCE_TYPE = "azure-client-secrets-connection"
 MAX_ERROR = 300
 _AADSTS = re.compile(r"AADSTS\d+")
 
@@ -158,6 +158,8 @@ async def get_application(connection_id: str, client_id: str) -> Application:
 
 async def check_key_id(connection: ClientSecretConnection, key_id: str) -> str:
     """422 unless `key_id` is a password credential of the connection's app; the app's object id."""
+    from connections.client_secrets import require_key_id
+
     try:
         app = await get_application(connection.id, connection.client_id)
     except Exception as error:
@@ -180,18 +182,7 @@ async def check_key_id(connection: ClientSecretConnection, key_id: str) -> str:
                 [FieldError("rotation", f"app {connection.client_id} has no registration here: {detail}")],
             ) from None
         raise UpstreamError(f"could not read the app registration from Microsoft Graph: {detail}") from None
-    keys = {str(c.key_id).lower() for c in app.password_credentials or [] if c.key_id}
-    if key_id.lower() not in keys:
-        raise Unprocessable(
-            "the Key ID is not a client secret of the connection's app",
-            [
-                FieldError(
-                    "rotation.clientSecretKeyId",
-                    f"is not the Secret ID of a client secret of app {connection.client_id}; "
-                    "copy it from the app's Certificates & secrets page",
-                )
-            ],
-        )
+    require_key_id(app, key_id, connection.client_id)
     assert app.id
     return str(app.id)
 
@@ -359,21 +350,31 @@ async def _finish(record: RotationRecord) -> RotationRecord:
     record.failures = 0
     record.last_error = None
     _clear_run(record)
-    record.step_at = clock.isoformat(now)
-    record = await store.save(record)
-    await audit.record(
-        actor,
-        "rotation.rotate",
-        RESOURCE_TYPE,
-        record.connection_id,
-        detail=f"trigger={trigger} newKeyId={new_key} removedKeyId={old_key}",
-    )
+    record = await _conclude(record, now, actor, "success", f"newKeyId={new_key} removedKeyId={old_key}")
     events.emit(
         "rotation.succeeded",
         connectionId=record.connection_id,
         trigger=trigger,
         keyId=new_key,
         nextRotationAt=record.next_rotation_at,
+    )
+    return record
+
+
+async def _conclude(
+    record: RotationRecord, now: datetime, actor: Caller, result: Literal["success", "failure"], detail: str
+) -> RotationRecord:
+    """Save the outcome of an attempt and audit it (`rotation.rotate`, with its trigger)."""
+    trigger = record.trigger
+    record.step_at = clock.isoformat(now)
+    record = await store.save(record)
+    await audit.record(
+        actor,
+        "rotation.rotate",
+        RESOURCE,
+        record.connection_id,
+        result,
+        detail=f"trigger={trigger} {detail}",
     )
     return record
 
@@ -456,15 +457,8 @@ async def _fail(record: RotationRecord, error: BaseException) -> RotationRecord:
     if record.slot_at is None and record.next_rotation_at and trigger == "schedule":
         record.slot_at = record.next_rotation_at
     record.next_rotation_at = clock.isoformat(retry_at)
-    record.step_at = clock.isoformat(now)
-    record = await store.save(record)
-    await audit.record(
-        actor,
-        "rotation.rotate",
-        RESOURCE_TYPE,
-        record.connection_id,
-        result="failure",
-        detail=f"trigger={trigger} step={step} rolledBack={rolled_back} error={message}",
+    record = await _conclude(
+        record, now, actor, "failure", f"step={step} rolledBack={rolled_back} error={message}"
     )
     events.emit(
         "rotation.failed",
@@ -575,18 +569,8 @@ async def process_due(connection_id: str, index_key: str, now: datetime) -> str:
         return "busy"
     try:
         if record.step:
-            dead_worker = record.status == "rotating"
-            from_step = record.step
-            record = await take_over(record, audit.SYSTEM)
+            record = await _resume(record)
             outcome = "resumed"
-            if dead_worker:
-                events.emit(
-                    "reconcile.fixed",
-                    kind="rotation",
-                    connectionId=connection_id,
-                    fromStep=from_step,
-                    status=record.status,
-                )
         else:
             due_at = record.due_at()
             if due_at is None or due_at > now:
@@ -604,19 +588,26 @@ async def recover_stuck(connection_id: str, now: datetime) -> str:
     record = await store.load(connection_id)
     if record is None or not record.step or record.status != "rotating" or in_flight(record, now):
         return "ok"
-    step = record.step
     try:
-        record = await take_over(record, audit.SYSTEM)
+        record = await _resume(record)
     except tables.ConcurrencyConflict:
         return "claimed_elsewhere"
-    events.emit(
-        "reconcile.fixed",
-        kind="rotation",
-        connectionId=connection_id,
-        fromStep=step,
-        status=record.status,
-    )
     return "failed" if record.status == "failed" else "fixed"
+
+
+async def _resume(record: RotationRecord) -> RotationRecord:
+    """Take over a half-done rotation as the system; a dead worker's is reported (`reconcile.fixed`)."""
+    dead_worker, from_step = record.status == "rotating", record.step
+    record = await take_over(record, audit.SYSTEM)
+    if dead_worker:
+        events.emit(
+            "reconcile.fixed",
+            kind="rotation",
+            connectionId=record.connection_id,
+            fromStep=from_step,
+            status=record.status,
+        )
+    return record
 
 
 def _permanent(error: BaseException) -> bool:
@@ -664,7 +655,7 @@ async def forget(connection_id: str) -> None:
         await audit.record(
             audit.SYSTEM,
             "rotation.forget",
-            RESOURCE_TYPE,
+            RESOURCE,
             connection_id,
             result="failure",
             detail=f"broker-made client secrets may remain on the app (Key IDs {left}): {message}",

@@ -2,8 +2,8 @@
 
 The connections service calls these from its create/PATCH/GET/DELETE routes; the rotator
 (rotation.rotator) does the work; the timer (rotation.timer) drives it on schedule.
-`connections.client_secrets` is imported inside functions (it calls us, and the cold start
-must not pay for the Graph SDK).
+`connections.client_secrets` imports no SDK at module level, so importing it costs the cold
+start nothing; it never imports rotation/, so there is no cycle.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from uuid import UUID
 
 from pydantic import Field, field_validator
 
+from connections.client_secrets import RESOURCE  # rotation is audited as the connection's events
 from core import audit, clock
 from core.errors import Conflict, FieldError, Unprocessable
 from core.models import ApiModel, RequestModel
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLIENT_SECRET_METHOD = "client-secret"  # noqa: S105 - a method name, not a secret
-RESOURCE_TYPE = "azure-client-secrets-connection"
 
 Status = Literal["scheduled", "rotating", "failed", "disabled"]
 
@@ -77,10 +77,10 @@ def view_of(record: RotationRecord) -> RotationView:
     status: Status
     if not record.enabled:
         status = "disabled"
-    elif record.step:
-        status = "failed" if record.status == "failed" else "rotating"
+    elif record.status == "failed":
+        status = "failed"
     else:
-        status = "failed" if record.status == "failed" else "scheduled"
+        status = "rotating" if record.step else "scheduled"
     return RotationView(
         enabled=record.enabled,
         client_secret_key_id=record.client_secret_key_id or None,
@@ -92,11 +92,6 @@ def view_of(record: RotationRecord) -> RotationView:
         status=status,
         last_error=record.last_error,
     )
-
-
-def _method(connection: Any) -> str:
-    method = getattr(connection, "method", "")
-    return str(getattr(method, "value", method))
 
 
 def _require_complete(merged: dict[str, Any]) -> None:
@@ -113,12 +108,56 @@ def _require_complete(merged: dict[str, Any]) -> None:
         raise Unprocessable("rotation settings are incomplete", missing)
 
 
+def _in_flight() -> Conflict:
+    return Conflict(
+        "a rotation of this connection is in flight (or half-done and retried at nextRotationAt); "
+        "change its settings or credentials when it has finished",
+        code="rotation-in-flight",
+    )
+
+
+async def key_id_for_new_secret(
+    connection_id: str, settings: RotationSettings | None, credentials: dict[str, Any] | None
+) -> str | None:
+    """Before a PATCH that sends a new client secret: the Key ID the rotation tracks from now on.
+
+    None if the PATCH sends no client secret or names no Key ID. With rotation enabled (before or
+    by this PATCH) the body must name the new secret's Key ID: the rotation would otherwise keep
+    rotating (and remove) the previous one. A rotation in flight is a 409: it would switch the
+    connection back to a secret it made. Checked before anything changes.
+    """
+    from rotation import store
+
+    if not credentials or "clientSecret" not in credentials:
+        return None
+    existing = await store.load(connection_id)
+    if existing is not None and existing.step:
+        raise _in_flight()
+    key_id = settings.client_secret_key_id if settings is not None else None
+    enabled = settings.enabled if settings is not None else existing is not None and existing.enabled
+    if key_id is None and enabled:
+        raise Unprocessable(
+            "the connection's client secret changes while automatic rotation is on, so the rotation "
+            "must learn which secret it now rotates",
+            [
+                FieldError(
+                    "rotation.clientSecretKeyId",
+                    "is required when credentials.clientSecret changes and rotation is enabled: send "
+                    '"rotation": {"enabled": true, "clientSecretKeyId": "<Secret ID of the new secret>"} '
+                    "(the app's Certificates & secrets page shows it), or disable rotation",
+                )
+            ],
+        )
+    return str(key_id).lower() if key_id is not None else None
+
+
 async def configure_rotation(
     connection: ClientSecretConnection,
     settings: RotationSettings | None,
     caller: Caller,
     *,
     on_create: bool,
+    secret_changed: bool = False,
 ) -> RotationView | None:
     """Apply a connection's rotation block (create or PATCH); the view to show, or None if never set.
 
@@ -127,24 +166,25 @@ async def configure_rotation(
     right away (its failure is reported in the view and retried by the timer; the connection
     keeps its working secret). On PATCH the schedule changes from now on; enabling rotation on
     PATCH schedules the first rotation at the next rotate-at time instead of rotating at once.
+    `secret_changed` (PATCH): the connection got a new client secret, so the stored Key ID is
+    stale and only a Key ID in `settings` is kept (`key_id_for_new_secret` made sure of one
+    when rotation is on).
     """
     from rotation import rotator, store
 
+    existing = None if on_create else await store.load(connection.id)
+    if settings is None and secret_changed and existing is not None:
+        settings = RotationSettings(enabled=existing.enabled)  # forget the previous Key ID
     if settings is None:
-        return None if on_create else await describe_rotation(connection.id)
-    if _method(connection) != CLIENT_SECRET_METHOD:
+        return None if existing is None else view_of(existing)
+    if connection.method != CLIENT_SECRET_METHOD:
         raise Unprocessable(
             "automatic rotation needs the client-secret method",
             [FieldError("rotation", "is only available for connections with method client-secret")],
         )
-    existing = None if on_create else await store.load(connection.id)
     if existing is not None and existing.step:
-        raise Conflict(
-            "a rotation of this connection is in flight (or half-done and retried at nextRotationAt); "
-            "change its settings when it has finished",
-            code="rotation-in-flight",
-        )
-    merged = _merge(existing, settings)
+        raise _in_flight()
+    merged = _merge(existing, settings, secret_changed=secret_changed)
     if settings.enabled:
         _require_complete(merged)
     key_id = merged.get("client_secret_key_id") or ""
@@ -184,7 +224,7 @@ async def configure_rotation(
     await audit.record(
         caller,
         "rotation.configure",
-        RESOURCE_TYPE,
+        RESOURCE,
         connection.id,
         detail=f"enabled={record.enabled} intervalDays={record.interval_days} rotateAt={record.rotate_at} "
         f"timeZone={record.time_zone}",
@@ -194,11 +234,13 @@ async def configure_rotation(
     return view_of(record)
 
 
-def _merge(existing: RotationRecord | None, settings: RotationSettings) -> dict[str, Any]:
+def _merge(
+    existing: RotationRecord | None, settings: RotationSettings, *, secret_changed: bool
+) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     if existing is not None:
         merged = {
-            "client_secret_key_id": existing.client_secret_key_id,
+            "client_secret_key_id": "" if secret_changed else existing.client_secret_key_id,
             "interval_days": existing.interval_days,
             "rotate_at": existing.rotate_at,
             "time_zone": existing.time_zone,

@@ -16,7 +16,10 @@ PYTHON="${PYTHON:-python3}"
 if ! "$VENV/bin/checkov" --version >/dev/null 2>&1; then
   echo "checkov.sh: installing checkov==$VERSION into $VENV" >&2
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$VERSION" >&2
+  # The test suite points SSL_CERT_FILE/REQUESTS_CA_BUNDLE at the Azure stand-in's CA; the package
+  # registry needs the system's trust store instead.
+  env -u SSL_CERT_FILE -u REQUESTS_CA_BUNDLE -u PIP_CERT \
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$VERSION" >&2
 fi
 
 cd "$ROOT"

@@ -259,3 +259,65 @@ def test_delete_waits_for_azure_rather_than_orphan_a_secret(
     fake_azure.reset_faults()
     assert made.api.delete(f"{PREFIX}/{body['id']}").status_code == 204
     assert app.passwords() == []
+
+
+def test_patching_the_client_secret_moves_the_rotation_to_the_new_key_id(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    url = f"{PREFIX}/{body['id']}"
+    tracked = body["rotation"]["clientSecretKeyId"]
+    new_key_id, new_secret = fake_azure.add_password(app.app, display_name="replaced by hand")
+    credentials = {"clientSecret": new_secret}
+
+    # Without the new secret's Key ID the rotation would keep rotating the previous one: 422, nothing changes.
+    problem = assert_problem(
+        made.api.patch(url, json={"credentials": credentials}), 422, "rotation.clientSecretKeyId"
+    )
+    assert "clientSecretKeyId" in problem["errors"][0]["message"]
+    assert current_secret(broker, body["id"]) != new_secret
+    # A Key ID that is not on the app is refused by Graph's answer, before anything is saved.
+    wrong = {
+        "credentials": credentials,
+        "rotation": {"enabled": True, "clientSecretKeyId": tracked[:-4] + "0000"},
+    }
+    assert_problem(made.api.patch(url, json=wrong), 422, "rotation.clientSecretKeyId")
+    assert current_secret(broker, body["id"]) != new_secret
+    assert rotation_row(broker, body["id"]).client_secret_key_id == tracked
+
+    response = made.api.patch(
+        url, json={"credentials": credentials, "rotation": {"enabled": True, "clientSecretKeyId": new_key_id}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["rotation"]["clientSecretKeyId"] == new_key_id.lower()
+    assert current_secret(broker, body["id"]) == new_secret
+    row = rotation_row(broker, body["id"])
+    assert row.client_secret_key_id == new_key_id.lower()
+    assert not row.broker_owned  # the caller's own secret now
+
+    # The next rotation replaces the new secret (by its Key ID), not the one it tracked before.
+    rotated = made.api.post(f"{url}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    assert new_key_id.lower() not in {k.lower() for k in app.key_ids()}
+    assert rotated.json()["clientSecretKeyId"] != new_key_id.lower()
+
+
+def test_patching_the_client_secret_with_rotation_disabled_forgets_the_old_key_id(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    url = f"{PREFIX}/{body['id']}"
+    assert made.api.patch(url, json={"rotation": {"enabled": False}}).status_code == 200
+    new_key_id, new_secret = fake_azure.add_password(app.app, display_name="replaced by hand")
+    response = made.api.patch(url, json={"credentials": {"clientSecret": new_secret}})
+    assert response.status_code == 200, response.text
+    assert response.json()["rotation"]["clientSecretKeyId"] is None
+    # Enabling it again asks for the Key ID of the secret now in use.
+    assert_problem(
+        made.api.patch(url, json={"rotation": {"enabled": True}}), 422, "rotation.clientSecretKeyId"
+    )
+    enabled = made.api.patch(url, json={"rotation": {"enabled": True, "clientSecretKeyId": new_key_id}})
+    assert enabled.status_code == 200, enabled.text
+    assert enabled.json()["rotation"]["clientSecretKeyId"] == new_key_id.lower()

@@ -276,7 +276,9 @@ def test_a_crash_between_steps_is_finished_or_undone(
 
 
 CRASH_AFTER = {
-    # The Azure call of a step happened; the worker dies before recording it.
+    # The Azure call of a step happened; the worker dies before recording it. A process dying between an
+    # Azure call and the next table write is what no stand-in can produce, so this one test swaps the
+    # rotator's own record function for one that raises `Crash` (a BaseException, like a killed worker).
     "add": ("_save_step", "added"),
     "verify": ("_save_step", "verified"),
     "store": ("_save_step", "stored"),
