@@ -5,6 +5,9 @@ the rotations stuck for longer than `rotator.STUCK_AFTER` are among the entries 
 ago: the reconciler reads only those. From `planned` or `added` it removes the new credential
 (found by Key ID and by the run's display name) and starts afresh; from `verified` or
 `stored` it finishes. Either way no broker-made password credential is left untracked.
+
+It also removes broker-made Key IDs listed as pending removal (a secret a PATCH replaced whose
+removePassword failed), reading only the cleanup partition of the index.
 """
 
 from __future__ import annotations
@@ -26,5 +29,8 @@ async def reconcile_rotations() -> dict[str, Any]:
     outcomes: Counter[str] = Counter()
     for _, connection_id in entries:
         outcomes[await rotator.recover_stuck(connection_id, now)] += 1
+    cleanups = await store.cleanups(limit=MAX_PER_RUN)
+    for connection_id, since in cleanups:
+        outcomes[await rotator.clean_up(connection_id, since, now)] += 1
     outcomes.pop("ok", None)
-    return {"checked": len(entries), **dict(sorted(outcomes.items()))}
+    return {"checked": len(entries), "cleanups": len(cleanups), **dict(sorted(outcomes.items()))}

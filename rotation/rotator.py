@@ -59,6 +59,9 @@ VERIFY_FIRST_DELAY_SECONDS = 0.5
 VERIFY_MAX_DELAY_SECONDS = 8.0
 # A rotation whose step has not moved for this long belongs to a worker that died.
 STUCK_AFTER = timedelta(minutes=5)
+# One removePassword of a retired Key ID (retries included) may take this long; the rest waits
+# for the reconciler, so a PATCH never hangs on it.
+CLEANUP_TIMEOUT_SECONDS = 30.0
 MAX_ERROR = 300
 _AADSTS = re.compile(r"AADSTS\d+")
 
@@ -610,6 +613,99 @@ async def _resume(record: RotationRecord) -> RotationRecord:
     return record
 
 
+# ---------------------------------------------------------------- retired broker-made secrets
+
+
+async def retire(record: RotationRecord, key_id: str) -> RotationRecord:
+    """Record (before any Azure call) that a broker-made Key ID is no longer the connection's.
+
+    Adds it to `pendingRemovalKeyIds` and indexes the connection for the reconciler; does not
+    save the row (the caller saves it together with the switch to the new Key ID, so the Key ID
+    is tracked either as the current one or as pending removal, never neither).
+    """
+    key = key_id.lower()
+    if key and key != (record.client_secret_key_id or "").lower():
+        await store.mark_cleanup(record.connection_id)  # the index entry first, the row second
+        record.set_pending_removals({*record.pending_removals(), key})
+    return record
+
+
+async def remove_retired(record: RotationRecord, caller: Caller) -> RotationRecord:
+    """removePassword each Key ID pending removal; what fails stays listed for the reconciler.
+
+    Never removes the Key ID the connection uses now, or the new one of a run in flight (both
+    are dropped from the list instead). An already-gone Key ID counts as removed. Saves the row
+    (ETag) and drops the cleanup index entry once the list is empty; audits the outcome.
+    """
+    keep_out = {(record.client_secret_key_id or "").lower(), (record.new_key_id or "").lower()}
+    pending = [k for k in record.pending_removals() if k not in keep_out]
+    removed: list[str] = []
+    failed: dict[str, str] = {}
+    for key_id in pending:
+        try:
+            await asyncio.wait_for(_remove_password(record, key_id), CLEANUP_TIMEOUT_SECONDS)
+        except Exception as error:
+            failed[key_id] = describe_error(error)
+        else:
+            removed.append(key_id)
+    before = record.pending_removals()
+    record.set_pending_removals(list(failed))
+    if record.pending_removals() != before:
+        try:
+            record = await store.save(record)
+        except tables.ConcurrencyConflict:
+            # Someone else (a reconciler, a rotation) wrote the row meanwhile: theirs is the truth.
+            # What it still lists is retried later (removing an already-gone Key ID is a no-op).
+            latest = await store.load(record.connection_id)
+            if latest is None:
+                return record
+            record = latest
+    if not record.pending_removals():
+        await store.unmark_cleanup(record.connection_id)
+    if removed:
+        await audit.record(
+            caller,
+            "rotation.cleanup",
+            RESOURCE,
+            record.connection_id,
+            detail=f"removedKeyIds={','.join(removed)}",
+        )
+    if failed:
+        message = "; ".join(f"{key}: {text}" for key, text in sorted(failed.items()))[:MAX_ERROR]
+        log.warning(
+            "removing retired broker-made secrets of %s failed (the reconciler retries): %s",
+            record.connection_id,
+            message,
+        )
+        await audit.record(
+            caller,
+            "rotation.cleanup",
+            RESOURCE,
+            record.connection_id,
+            result="failure",
+            detail=f"pendingRemovalKeyIds={','.join(sorted(failed))} (the reconciler retries): {message}",
+        )
+    return record
+
+
+async def clean_up(connection_id: str, since: datetime | None, now: datetime) -> str:
+    """The reconciler's work on one cleanup index entry; returns what happened."""
+    record = await store.load(connection_id)
+    if record is None or not record.pending_removals():
+        # A young entry may belong to a write in progress (entry first, row second).
+        if since is None or since < now - STUCK_AFTER:
+            await store.unmark_cleanup(connection_id)
+            return "cleanup_stale"
+        return "ok"
+    if in_flight(record, now):
+        return "busy"
+    record = await remove_retired(record, audit.SYSTEM)
+    if record.pending_removals():
+        return "cleanup_pending"
+    events.emit("reconcile.fixed", kind="rotation-cleanup", connectionId=connection_id)
+    return "cleaned_up"
+
+
 def _permanent(error: BaseException) -> bool:
     """The app or our access to it is gone for good (nothing we could remove is reachable)."""
     from azure.core.exceptions import ClientAuthenticationError
@@ -618,7 +714,8 @@ def _permanent(error: BaseException) -> bool:
 
 
 async def forget(connection_id: str) -> None:
-    """Delete a connection's rotation, removing the broker-made credentials it tracks first.
+    """Delete a connection's rotation, removing the broker-made credentials it tracks first
+    (the current one if broker-made, a half-done run's new one, and those pending removal).
 
     A transient Azure failure refuses the delete (502, try again) rather than leave a
     broker-made secret on the app untracked; if the app or the connection's access to it is
@@ -635,6 +732,7 @@ async def forget(connection_id: str) -> None:
     doomed = {record.new_key_id} if record.step in ("verified", "stored") else set()
     if record.broker_owned:
         doomed.add(record.client_secret_key_id)
+    doomed.update(record.pending_removals())
     try:
         if record.step in ("planned", "added"):
             record = await rollback(record)

@@ -70,6 +70,11 @@ class RotationView(ApiModel):
     next_rotation_at: str | None = None
     status: Status = "disabled"
     last_error: str | None = None
+    pending_removal_key_ids: list[str] = Field(
+        default_factory=list,
+        description="Key IDs of broker-made secrets no longer in use whose removal from the app failed; "
+        "the reconciler (and a delete of the connection) retries them",
+    )
 
 
 def view_of(record: RotationRecord) -> RotationView:
@@ -91,6 +96,7 @@ def view_of(record: RotationRecord) -> RotationView:
         next_rotation_at=record.next_rotation_at if record.enabled else None,
         status=status,
         last_error=record.last_error,
+        pending_removal_key_ids=record.pending_removals(),
     )
 
 
@@ -168,7 +174,8 @@ async def configure_rotation(
     PATCH schedules the first rotation at the next rotate-at time instead of rotating at once.
     `secret_changed` (PATCH): the connection got a new client secret, so the stored Key ID is
     stale and only a Key ID in `settings` is kept (`key_id_for_new_secret` made sure of one
-    when rotation is on).
+    when rotation is on). If the previous secret was broker-made, it is listed for removal in the
+    same row write and then removed from the app (pending for the reconciler if that fails).
     """
     from rotation import rotator, store
 
@@ -189,6 +196,24 @@ async def configure_rotation(
         _require_complete(merged)
     key_id = merged.get("client_secret_key_id") or ""
     key_changed = existing is None or key_id.lower() != (existing.client_secret_key_id or "").lower()
+    # The broker-made secret the connection used until now (only the broker knows its value).
+    retired = (
+        existing.client_secret_key_id
+        if existing is not None and key_changed and existing.broker_owned and existing.client_secret_key_id
+        else ""
+    )
+    if retired and not secret_changed:
+        # The connection still uses the broker's secret: tracking another Key ID would leave it
+        # on the app untracked (and rotate away a secret the connection does not use).
+        raise Unprocessable(
+            "the connection uses a client secret the broker made, so its Key ID is the broker's",
+            [
+                FieldError(
+                    "rotation.clientSecretKeyId",
+                    f"can only change together with credentials.clientSecret; the connection uses {retired}",
+                )
+            ],
+        )
     app_object_id = existing.app_object_id if existing is not None else ""
     if settings.enabled and (key_changed or not app_object_id):
         app_object_id = await rotator.check_key_id(connection, key_id)
@@ -203,6 +228,9 @@ async def configure_rotation(
     record.app_object_id = app_object_id
     if key_changed:
         record.broker_owned = False  # the caller's own secret, not one the broker made
+    if retired:
+        # Intent first: the same row write that switches the Key ID lists the old one for removal.
+        record = await rotator.retire(record, retired)
     if not settings.enabled:
         record.status = "disabled"
         record.next_rotation_at = None
@@ -229,6 +257,10 @@ async def configure_rotation(
         detail=f"enabled={record.enabled} intervalDays={record.interval_days} rotateAt={record.rotate_at} "
         f"timeZone={record.time_zone}",
     )
+    if retired:
+        # The connection already uses the new secret (the PATCH switched it); a failure here keeps
+        # the Key ID listed for the reconciler and is shown in the view, the PATCH still succeeds.
+        record = await rotator.remove_retired(record, caller)
     if on_create and settings.enabled:
         record = await rotator.rotate_now(connection.id, caller, trigger="create", record=record)
     return view_of(record)
@@ -276,8 +308,9 @@ async def describe_rotation(connection_id: str) -> RotationView | None:
 async def delete_rotation(connection_id: str) -> None:
     """Forget a connection's rotation (call before deleting the connection's secret).
 
-    Broker-made password credentials are removed from the app first (best effort: a failure
-    is logged and audited, never blocks the delete), so none outlives the connection untracked.
+    Broker-made password credentials (including Key IDs pending removal) are removed from the
+    app first; a transient Azure failure refuses the delete (502), a permanent one (app or
+    access gone) lets it go ahead and audits the Key IDs left, so none outlives it untracked.
     """
     from rotation import rotator
 

@@ -12,6 +12,10 @@ Tables (logical names; `core.tables` adds the deployment prefix):
   the truth: the index entry for a new time is written before the row and the old entry is
   deleted after it, so an enabled rotation always has an entry; an entry that no longer
   matches its row is deleted when the timer comes across it.
+- `RotationDue`, PartitionKey = "cleanup", RowKey = connection id: the connection's row lists
+  broker-made Key IDs still to be removed from the app (`pendingRemovalKeyIds`, e.g. the secret
+  a PATCH replaced when removePassword failed). Written before the row, deleted after the list
+  is empty; the reconciler reads this partition only (the timer's range reads never see it).
 
 The new secret waits in the secret store under `rotation-{id}-pending-{runId}` between
 `addPassword` and the switch of the connection to it, so a crash there can be finished, not
@@ -30,6 +34,7 @@ from core import clock, tables
 TABLE = "Rotations"
 INDEX_TABLE = "RotationDue"
 INDEX_PK = "due"
+CLEANUP_PK = "cleanup"
 ROW_KEY = "rotation"
 _HIGH = "~"  # sorts after every character of a connection id
 
@@ -67,6 +72,9 @@ class RotationRecord:
     new_key_id: str | None = None
     old_key_id: str | None = None
     new_end_at: str | None = None
+    # Broker-made Key IDs no longer in use that are still to be removed from the app (comma-separated;
+    # Table Storage has no list type). Recorded before the removePassword that should remove them.
+    pending_removal_key_ids: str = ""
     index_key: str | None = None  # the RotationDue RowKey currently pointing at this row
     etag: str | None = field(default=None, compare=False)
     # The new secret while this process holds it (saves reading it back); never written to the table.
@@ -86,6 +94,12 @@ class RotationRecord:
         known = {_camel(f.name): f.name for f in fields(cls)}
         values = {known[k]: v for k, v in row.data.items() if k in known}
         return cls(connection_id=row.pk, etag=row.etag, **values)
+
+    def pending_removals(self) -> list[str]:
+        return [k for k in self.pending_removal_key_ids.split(",") if k]
+
+    def set_pending_removals(self, key_ids: list[str] | set[str]) -> None:
+        self.pending_removal_key_ids = ",".join(sorted({k.lower() for k in key_ids if k}))
 
     def due_at(self) -> datetime | None:
         return datetime.fromisoformat(self.next_rotation_at) if self.next_rotation_at else None
@@ -144,10 +158,38 @@ async def save(record: RotationRecord) -> RotationRecord:
 
 
 async def remove(record: RotationRecord) -> None:
-    """Delete the row and its index entry."""
+    """Delete the row and its index entries."""
     await tables.delete(TABLE, record.connection_id, ROW_KEY)
     if record.index_key:
         await tables.delete(INDEX_TABLE, INDEX_PK, record.index_key)
+    if record.pending_removals():
+        await unmark_cleanup(record.connection_id)
+
+
+async def mark_cleanup(connection_id: str) -> None:
+    """Index the connection for the reconciler's cleanup (before the row lists the Key IDs)."""
+    await tables.upsert(INDEX_TABLE, CLEANUP_PK, connection_id, {"since": clock.isoformat(clock.now())})
+
+
+async def unmark_cleanup(connection_id: str) -> None:
+    """Drop the cleanup entry (after the row's list is empty)."""
+    await tables.delete(INDEX_TABLE, CLEANUP_PK, connection_id)
+
+
+async def cleanups(*, limit: int) -> list[tuple[str, datetime | None]]:
+    """(connection id, entry written at) of connections with Key IDs pending removal."""
+    rows = tables.query(
+        INDEX_TABLE,
+        "PartitionKey eq @pk",
+        {"pk": CLEANUP_PK},
+        select=["PartitionKey", "RowKey", "since"],
+        limit=limit,
+    )
+    found: list[tuple[str, datetime | None]] = []
+    async for row in rows:
+        since = row.data.get("since")
+        found.append((row.rk, datetime.fromisoformat(since) if isinstance(since, str) else None))
+    return found
 
 
 async def due(now: datetime, *, limit: int) -> list[tuple[str, str]]:

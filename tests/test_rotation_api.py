@@ -15,6 +15,7 @@ from tests.rotation_helpers import (
     PREFIX,
     Connections,
     assert_one_working_broker_secret,
+    assert_validates,
     create_body,
     current_secret,
     make_app,
@@ -321,3 +322,155 @@ def test_patching_the_client_secret_with_rotation_disabled_forgets_the_old_key_i
     enabled = made.api.patch(url, json={"rotation": {"enabled": True, "clientSecretKeyId": new_key_id}})
     assert enabled.status_code == 200, enabled.text
     assert enabled.json()["rotation"]["clientSecretKeyId"] == new_key_id.lower()
+    # The broker-made secret it replaced was removed from the app, though rotation was off.
+    assert {k.lower() for k in app.key_ids()} == {new_key_id.lower()}
+
+
+# --------------- a new client secret retires the broker-made one
+
+
+def _replace_secret(made: Connections, app: Any, connection_id: str, fake_azure: Any) -> tuple[str, str, Any]:
+    """PATCH the caller's new secret (with its Key ID); (new Key ID, new secret, response)."""
+    new_key_id, new_secret = fake_azure.add_password(app.app, display_name="replaced by hand")
+    response = made.api.patch(
+        f"{PREFIX}/{connection_id}",
+        json={
+            "credentials": {"clientSecret": new_secret},
+            "rotation": {"enabled": True, "clientSecretKeyId": new_key_id},
+        },
+    )
+    return new_key_id.lower(), new_secret, response
+
+
+def _audit(made: Connections, connection_id: str, action: str) -> list[dict[str, Any]]:
+    answer = made.api.get("/api/v1/audit-logs", params={"resourceId": connection_id})
+    assert answer.status_code == 200, answer.text
+    return [e for e in answer.json()["items"] if e["action"] == action]
+
+
+def _cleanup_entries(broker: ServerHandle) -> list[str]:
+    from rotation import store
+
+    return [cid for cid, _ in broker.run(store.cleanups(limit=1000))]
+
+
+def test_patching_a_new_secret_removes_the_broker_made_one(
+    made: Connections, fake_azure: Any, broker: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    app = make_app(fake_azure)
+    body = made.create(app)
+    broker_key = app.broker_keys()[0].key_id.lower()
+    broker_secret = current_secret(broker, body["id"])
+
+    new_key_id, new_secret, response = _replace_secret(made, app, body["id"], fake_azure)
+    assert response.status_code == 200, response.text
+    rotation = response.json()["rotation"]
+    assert rotation["clientSecretKeyId"] == new_key_id
+    assert rotation["pendingRemovalKeyIds"] == []
+    # Only the caller's new secret is left on the app, and the connection uses it.
+    assert {k.lower() for k in app.key_ids()} == {new_key_id}
+    assert current_secret(broker, body["id"]) == new_secret
+    assert_validates(broker, body["id"])
+    row = rotation_row(broker, body["id"])
+    assert row.pending_removals() == []
+    assert not row.broker_owned
+    assert body["id"] not in _cleanup_entries(broker)
+    entries = _audit(made, body["id"], "rotation.cleanup")
+    assert [(e["result"], broker_key in e["detail"]) for e in entries] == [("success", True)]
+    for secret in (broker_secret, new_secret, app.original_secret):
+        for text in (response.text, _table_dump(broker), caplog.text, str(entries)):
+            assert secret not in text
+
+
+def test_a_key_id_change_without_a_new_secret_is_refused_while_the_broker_secret_is_in_use(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    other_key_id, _ = fake_azure.add_password(app.app, display_name="someone else's")
+    for enabled in (True, False):
+        answer = made.api.patch(
+            f"{PREFIX}/{body['id']}",
+            json={"rotation": {"enabled": enabled, "clientSecretKeyId": other_key_id}},
+        )
+        assert_problem(answer, 422, "rotation.clientSecretKeyId")
+    row = rotation_row(broker, body["id"])
+    assert row.client_secret_key_id == body["rotation"]["clientSecretKeyId"]
+    assert row.broker_owned
+    assert len(app.broker_keys()) == 1
+
+
+@pytest.fixture
+def short_cleanup() -> Iterator[None]:
+    """A removePassword that hangs gives up after half a second (the stand-in hangs for 2 s)."""
+    from rotation import rotator
+
+    saved = rotator.CLEANUP_TIMEOUT_SECONDS
+    rotator.CLEANUP_TIMEOUT_SECONDS = 0.5
+    yield
+    rotator.CLEANUP_TIMEOUT_SECONDS = saved
+
+
+@pytest.mark.parametrize("fault", ["503", "429", "timeout"])
+def test_a_failed_removal_on_patch_is_tracked_and_finished_by_the_reconciler(
+    made: Connections, fake_azure: Any, broker: ServerHandle, short_cleanup: None, fault: str
+) -> None:
+    from rotation.reconciler import reconcile_rotations
+
+    app = make_app(fake_azure)
+    body = made.create(app)
+    broker_key = app.broker_keys()[0].key_id.lower()
+    fake_azure.inject("graph", fault, count=None, path_pattern="removePassword", seconds=2.0)
+
+    new_key_id, new_secret, response = _replace_secret(made, app, body["id"], fake_azure)
+    # The new credentials are valid, so the PATCH succeeds; the cleanup is pending, and says so.
+    assert response.status_code == 200, response.text
+    rotation = response.json()["rotation"]
+    assert rotation["clientSecretKeyId"] == new_key_id
+    assert rotation["pendingRemovalKeyIds"] == [broker_key]
+    assert made.get(body["id"])["rotation"]["pendingRemovalKeyIds"] == [broker_key]
+    assert current_secret(broker, body["id"]) == new_secret
+    assert_validates(broker, body["id"])
+    assert broker_key in {k.lower() for k in app.key_ids()}  # still on the app, and tracked:
+    assert rotation_row(broker, body["id"]).pending_removals() == [broker_key]
+    assert body["id"] in _cleanup_entries(broker)
+    failure = _audit(made, body["id"], "rotation.cleanup")
+    assert [e["result"] for e in failure] == ["failure"]
+    assert broker_key in failure[0]["detail"]
+    assert new_secret not in failure[0]["detail"]
+
+    # While Azure still fails, the reconciler keeps it listed.
+    assert broker.run(reconcile_rotations()).get("cleanup_pending") == 1
+    assert rotation_row(broker, body["id"]).pending_removals() == [broker_key]
+
+    fake_azure.reset_faults()
+    summary = broker.run(reconcile_rotations())
+    assert summary.get("cleaned_up") == 1, summary
+    assert {k.lower() for k in app.key_ids()} == {new_key_id}
+    assert made.get(body["id"])["rotation"]["pendingRemovalKeyIds"] == []
+    assert body["id"] not in _cleanup_entries(broker)
+    assert_validates(broker, body["id"])
+    assert broker.run(reconcile_rotations()).get("cleaned_up") is None  # nothing left to do
+
+
+def test_delete_removes_a_key_id_pending_removal(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    broker_key = app.broker_keys()[0].key_id.lower()
+    fake_azure.inject("graph", "503", count=None, path_pattern="removePassword")
+    new_key_id, _, response = _replace_secret(made, app, body["id"], fake_azure)
+    assert response.json()["rotation"]["pendingRemovalKeyIds"] == [broker_key]
+
+    # While Azure fails, the delete refuses rather than forget the pending Key ID.
+    assert_problem(made.api.delete(f"{PREFIX}/{body['id']}"), 502)
+    assert rotation_row(broker, body["id"]).pending_removals() == [broker_key]
+
+    fake_azure.reset_faults()
+    assert made.api.delete(f"{PREFIX}/{body['id']}").status_code == 204
+    # The broker's secret is gone; the caller's own secret is theirs to keep.
+    assert {k.lower() for k in app.key_ids()} == {new_key_id}
+    assert rotation_row(broker, body["id"]) is None
+    assert body["id"] not in _cleanup_entries(broker)
