@@ -29,7 +29,6 @@ async def rotate_connection(
     caller: Annotated[Caller, Depends(require(Role.OPERATOR))],
 ) -> RotationView:
     from connections.client_secrets import get_connection
-
     from rotation import rotator
 
     await get_connection(connection_id)  # 404 for an unknown connection
