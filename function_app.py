@@ -1,50 +1,58 @@
 """Azure Functions entry point: wiring only.
 
 One ASGI HTTP function serves the FastAPI app (`api`) for every route; three timers run the
-rotation, lease expiry and reconcile jobs on the schedules in their app settings.
+rotation, lease expiry and reconcile jobs on the schedules in their app settings. The API and
+each job's modules are imported on first use (see core.api.LazyApp and core.jobs), so the
+worker's start pays for neither.
 """
 
 from __future__ import annotations
 
-import azure.functions as func
+from typing import Any
 
-from connections import client_secrets_routes, devops_routes, oauth_routes
-from core.api import create_app
+import azure.functions as func
+from fastapi import FastAPI
+
+from core.api import LazyApp, create_app
 from core.jobs import Job, run_job
 from core.settings import get_settings
-from leases import reconciler as lease_reconciler
-from leases import routes as lease_routes
-from leases import sweeper
-from rotation import reconciler as rotation_reconciler
-from rotation import routes as rotation_routes
-from rotation import timer as rotation_timer_job
 
 get_settings()  # fail at start, naming the bad setting, rather than on the first request
 
-api = create_app(
-    [
-        client_secrets_routes.router,
-        devops_routes.router,
-        oauth_routes.router,
-        rotation_routes.router,
-        lease_routes.router,
-    ]
-)
 
-ROTATION = Job("rotation", "ROTATION_SCHEDULE", [rotation_timer_job.rotate_due_connections])
-LEASE_EXPIRY = Job("lease_expiry", "EXPIRY_SWEEP_SCHEDULE", [sweeper.sweep_expired_leases])
+def build_api() -> FastAPI:
+    """The FastAPI app with every domain router."""
+    from connections import client_secrets_routes, devops_routes, oauth_routes
+    from leases import routes as lease_routes
+    from rotation import routes as rotation_routes
+
+    return create_app(
+        [
+            client_secrets_routes.router,
+            devops_routes.router,
+            oauth_routes.router,
+            rotation_routes.router,
+            lease_routes.router,
+        ]
+    )
+
+
+http = LazyApp(build_api)
+
+ROTATION = Job("rotation", "ROTATION_SCHEDULE", ["rotation.timer:rotate_due_connections"])
+LEASE_EXPIRY = Job("lease_expiry", "EXPIRY_SWEEP_SCHEDULE", ["leases.sweeper:sweep_expired_leases"])
 RECONCILE = Job(
     "reconcile",
     "RECONCILE_SCHEDULE",
     [
-        rotation_reconciler.reconcile_rotations,
-        lease_reconciler.reconcile_leases,
-        lease_reconciler.purge_old_leases,
+        "rotation.reconciler:reconcile_rotations",
+        "leases.reconciler:reconcile_leases",
+        "leases.reconciler:purge_old_leases",
     ],
 )
 JOBS = (ROTATION, LEASE_EXPIRY, RECONCILE)
 
-app = func.AsgiFunctionApp(app=api, http_auth_level=func.AuthLevel.ANONYMOUS)
+app = func.AsgiFunctionApp(app=http, http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
 @app.timer_trigger(schedule="%ROTATION_SCHEDULE%", arg_name="timer", use_monitor=True)
@@ -60,3 +68,10 @@ async def lease_expiry_timer(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", use_monitor=True)
 async def reconcile_timer(timer: func.TimerRequest) -> None:
     await run_job(RECONCILE)
+
+
+def __getattr__(name: str) -> Any:
+    """`function_app.api`: the FastAPI app itself (uvicorn, tests), built on first access."""
+    if name == "api":
+        return http.app
+    raise AttributeError(name)

@@ -1,7 +1,9 @@
 """Cold start as the Functions worker pays it: import `function_app` and index its functions.
 
-Paired against a baseline that imports only `azure.functions` and `fastapi`, alternating the
-two in fresh interpreters so that both see the same machine state.
+Paired against a baseline that imports only `azure.functions` and `fastapi`, alternating them
+in fresh interpreters so that all see the same machine state. The API app and each job's
+modules are built on first use; the rows after the goal row show what the first HTTP request
+and the first timer run pay for that, so nothing is hidden by the laziness.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ ENV = {
 
 BASELINE = "import azure.functions, fastapi"
 APP = "import function_app; function_app.app.get_functions()"
+FIRST_REQUEST = APP + "; function_app.api"
+FIRST_TIMERS = (
+    APP + "; from core.jobs import resolve; [resolve(s) for j in function_app.JOBS for s in j.steps]"
+)
 HEAVY = ("msgraph", "azure.identity", "azure.keyvault", "azure.data.tables")
 TIMER = (
     "import time, sys; t = time.perf_counter(); {code}; print(time.perf_counter() - t); "
@@ -46,18 +52,30 @@ def _once(code: str) -> tuple[float, str]:
 
 
 def run() -> list[Table]:
-    base: list[float] = []
-    app: list[float] = []
+    samples: dict[str, list[float]] = {BASELINE: [], APP: [], FIRST_REQUEST: [], FIRST_TIMERS: []}
     loaded = ""
     _once(APP)  # warm the file cache once, as a host that restarts would have it
     for _ in range(RUNS):
-        base.append(_once(BASELINE)[0])
-        seconds, loaded = _once(APP)
-        app.append(seconds)
-    b, a = statistics.median(base), statistics.median(app)
+        for code, times in samples.items():
+            seconds, heavy = _once(code)
+            times.append(seconds)
+            if code == APP:
+                loaded = heavy
+    base = statistics.median(samples[BASELINE])
+    labels = {
+        BASELINE: "azure.functions + fastapi (baseline)",
+        APP: "function_app + index functions (goal row)",
+        FIRST_REQUEST: "  + build the API app (first HTTP request)",
+        FIRST_TIMERS: "  + import the three jobs (first timer runs)",
+    }
     rows = [
-        ["azure.functions + fastapi (baseline)", f"{b * 1000:.0f}", f"{min(base) * 1000:.0f}", "1.00"],
-        ["function_app + index functions", f"{a * 1000:.0f}", f"{min(app) * 1000:.0f}", f"{a / b:.2f}"],
+        [
+            labels[code],
+            f"{statistics.median(times) * 1000:.0f}",
+            f"{min(times) * 1000:.0f}",
+            f"{statistics.median(times) / base:.2f}",
+        ]
+        for code, times in samples.items()
     ]
     title = (
         f"Cold start (median of {RUNS} fresh interpreters, goal ratio <= 1.5); "

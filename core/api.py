@@ -71,6 +71,27 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class LazyApp:
+    """An ASGI app built on its first request (or first `.app` access).
+
+    Declaring ~30 FastAPI routes costs more than importing FastAPI itself; a worker started
+    for a timer never needs them, and the Functions host indexes functions without them.
+    """
+
+    def __init__(self, build: Callable[[], FastAPI]) -> None:
+        self._build = build
+        self._app: FastAPI | None = None
+
+    @property
+    def app(self) -> FastAPI:
+        if self._app is None:
+            self._app = self._build()
+        return self._app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def create_app(routers: Sequence[APIRouter]) -> FastAPI:
     """The API with the given domain routers (health and audit are always on)."""
     from core import audit, health

@@ -1,11 +1,14 @@
 """Running a timer job: the same wrapper for the Functions timers and the local runner.
 
-A job is an async function returning a summary dict (counts). Failures are logged by type
-and re-raised, so the Functions host records the execution as failed (alerts read that).
+A job's steps are async functions returning a summary dict (counts), named `module:function`
+and imported on first run, so a worker that only serves HTTP (or only one timer) never
+imports the others. Failures are logged by type and re-raised, so the Functions host records
+the execution as failed (alerts read that).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +26,14 @@ class Job:
 
     name: str
     schedule_setting: str
-    steps: Sequence[JobFn]
+    steps: Sequence[str]
+
+
+def resolve(step: str) -> JobFn:
+    """`package.module:function` -> the function (imported now)."""
+    module, _, function = step.partition(":")
+    found: JobFn = getattr(importlib.import_module(module), function)
+    return found
 
 
 async def run_job(job: Job) -> dict[str, Any]:
@@ -31,10 +41,9 @@ async def run_job(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     summary: dict[str, Any] = {}
     failed: list[str] = []
-    for step in job.steps:
-        name = getattr(step, "__qualname__", repr(step))
+    for name in job.steps:
         try:
-            summary[name] = await step()
+            summary[name] = await resolve(name)()
         except Exception as error:
             failed.append(name)
             log.exception("job %s step %s failed: %s", job.name, name, type(error).__name__)

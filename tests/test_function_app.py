@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.harness import ServerHandle
+
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("msgraph", "azure.identity", "azure.keyvault", "azure.data.tables", "kiota_http", "jwt", "aiohttp")
 ENV = {
@@ -83,3 +85,22 @@ def test_bad_settings_stop_the_start_and_name_the_setting() -> None:
     assert "GRAPH_ENDPOINT: " in done.stderr
     assert "ROTATION_SCHEDULE: " in done.stderr
     assert "Traceback" in done.stderr  # the worker shows it; the message names each bad setting
+
+
+def test_the_indexed_http_function_serves_the_api(broker: ServerHandle) -> None:
+    """A request through the Functions ASGI adapter, as the host invokes it, reaches the lazily built app."""
+    import azure.functions as func
+
+    import function_app
+
+    async def invoke(url: str) -> func.HttpResponse:
+        request = func.HttpRequest("GET", url, headers={}, body=b"")
+        response: func.HttpResponse = await function_app.app.middleware.handle_async(request, None)
+        return response
+
+    docs = broker.run(invoke("http://localhost/api/openapi.json"))
+    assert docs.status_code == 200
+    assert "/api/v1/dynamic-secrets" in json.loads(docs.get_body())["paths"]
+    missing = broker.run(invoke("http://localhost/api/v1/nope"))
+    assert missing.status_code == 404
+    assert missing.mimetype == "application/problem+json"
