@@ -43,4 +43,4 @@ fake-azure: $(STAMP)
 	$(PY) -m tests.azure_fake --port 8443
 
 clean:
-	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov node_modules .local .pytest_cache .mypy_cache .ruff_cache

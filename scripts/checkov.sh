@@ -2,14 +2,14 @@
 # Static security scan of the Bicep under infra/ with checkov (offline).
 #
 # checkov pins many packages that would clash with the app's own, so it lives
-# in its own virtualenv (.venv-checkov/ at the repository root, git-ignored),
+# in its own virtualenv (.venv/checkov/, inside the git-ignored project venv),
 # created here on first use. Override the interpreter with PYTHON=..., the
 # version with CHECKOV_VERSION=..., the venv location with CHECKOV_VENV=...
 # Extra arguments are passed to checkov (e.g. `scripts/checkov.sh -o json`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${CHECKOV_VENV:-$ROOT/.venv-checkov}"
+VENV="${CHECKOV_VENV:-$ROOT/.venv/checkov}"
 VERSION="${CHECKOV_VERSION:-3.3.30}"
 PYTHON="${PYTHON:-python3}"
 
