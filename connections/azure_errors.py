@@ -10,16 +10,15 @@ Retry-After; every Azure call runs under a deadline, so a silent Azure is a 504,
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from core.errors import FieldError, Problem, Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
+from core.retry_after import retry_after_seconds
 
 if TYPE_CHECKING:
     import httpx
@@ -149,23 +148,6 @@ def _azure_message(text: str, redact: Iterable[str]) -> str:
 
 def _label(step: str) -> str:
     return STEP_LABELS.get(step, step)
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), or None."""
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def backoff_seconds(attempt: int) -> float:

@@ -19,7 +19,6 @@ from connections.azure_errors import (
     Explanation,
     credential_problem,
     rejected,
-    retry_after_seconds,
     send_with_retries,
     transient_problem,
     within_deadline,
@@ -31,6 +30,7 @@ from core.auth import Caller
 from core.azure_clients import client_secret_credential, http_client
 from core.errors import Conflict, FieldError, Problem, Unprocessable
 from core.models import ApiModel
+from core.retry_after import retry_after_seconds
 from core.settings import get_settings
 
 if TYPE_CHECKING:

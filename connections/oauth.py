@@ -32,7 +32,6 @@ from connections.azure_errors import (
     RETRY_STATUSES_NOT_IDEMPOTENT,
     aadsts_code,
     entra_problem,
-    retry_after_seconds,
     send_with_retries,
     within_deadline,
 )
@@ -40,6 +39,7 @@ from connections.fields import GUID
 from core import audit, clock, tables
 from core.auth import Caller
 from core.errors import BadRequest, Conflict, FieldError, Problem, Unprocessable
+from core.retry_after import retry_after_seconds
 from core.secret_store import SecretMissing, secret_name, secret_store
 from core.settings import get_settings
 

@@ -94,13 +94,9 @@ async def entries(
     while day.date() >= since.date() and len(out) < limit:
         params["pk"] = day.strftime("%Y%m%d")
         async for row in tables.query(TABLE, " and ".join(filters), params, limit=limit - len(out)):
-            out.append(AuditEntry(id=f"{row.pk}-{row.rk}", **{_snake(k): v for k, v in row.data.items()}))
+            out.append(AuditEntry.model_validate({"id": f"{row.pk}-{row.rk}", **row.data}))
         day -= timedelta(days=1)
     return out
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])

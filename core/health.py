@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Literal
 
 from fastapi import APIRouter
@@ -27,9 +28,8 @@ class Health(ApiModel):
     checks: dict[str, Check]
 
 
-async def _check(probe: object) -> Check:
+async def _check(probe: Awaitable[None]) -> Check:
     try:
-        assert asyncio.iscoroutine(probe)
         await asyncio.wait_for(probe, CHECK_TIMEOUT_SECONDS)
     except TimeoutError:
         return Check(status="failing", detail=f"no answer within {CHECK_TIMEOUT_SECONDS:.0f}s")

@@ -38,16 +38,6 @@ class Schedule:
     month: frozenset[int]
     weekday: frozenset[int]
 
-    def matches(self, at: datetime) -> bool:
-        return (
-            at.second in self.second
-            and at.minute in self.minute
-            and at.hour in self.hour
-            and at.day in self.day
-            and at.month in self.month
-            and (at.weekday() + 1) % 7 in self.weekday
-        )
-
     def _minute_matches(self, at: datetime) -> bool:
         return (
             at.month in self.month

@@ -107,14 +107,15 @@ class LocalSecretStore:
 async def _vault_client() -> SecretClient:
     from azure.keyvault.secrets.aio import SecretClient
 
-    from core.azure_clients import HTTP_TIMEOUT_SECONDS, broker_credential
+    from core.azure_clients import HTTP_TIMEOUT_SECONDS, broker_credential, is_loopback
 
     settings = get_settings()
     assert settings.key_vault_url
     return SecretClient(
         settings.key_vault_url,
         await broker_credential(),
-        verify_challenge_resource=not settings.key_vault_is_loopback,
+        # A loopback vault (the stand-in) cannot match the challenge's resource host.
+        verify_challenge_resource=not is_loopback(settings.key_vault_url),
         connection_timeout=HTTP_TIMEOUT_SECONDS,
         read_timeout=HTTP_TIMEOUT_SECONDS,
         retry_total=3,

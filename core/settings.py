@@ -108,14 +108,6 @@ class Settings(BaseModel):
             raise ValueError("AUTH_MODE=local needs LOCAL_API_TOKEN (the static admin token)")
         return self
 
-    @property
-    def key_vault_is_loopback(self) -> bool:
-        """A loopback vault (the stand-in) cannot match the challenge's resource host."""
-        from urllib.parse import urlsplit
-
-        host = urlsplit(self.key_vault_url or "").hostname or ""
-        return host in {"localhost", "::1"} or host.startswith("127.")
-
 
 def _describe(error: ValidationError) -> str:
     parts = []

@@ -28,12 +28,13 @@ import secrets
 import string
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.azure_clients import client_secret_credential, graph_client, graph_scope
 from core.loop_cache import PerLoop
+from core.retry_after import retry_after_seconds
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -235,15 +236,8 @@ async def with_stored_access(
 
 
 def _retry_after(headers: Any) -> int | None:
-    if headers is None:
-        return None
-    value = headers.get("retry-after") if hasattr(headers, "get") else None
-    if value is None and isinstance(headers, dict):
-        value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    try:
-        return max(0, int(float(str(value)))) if value is not None else None
-    except ValueError:
-        return None
+    seconds = retry_after_seconds(headers if isinstance(headers, Mapping) else None)
+    return None if seconds is None else int(seconds)
 
 
 def token_failure(step: str, error: BaseException) -> AzureFailure:
