@@ -19,7 +19,7 @@ from .state import iso, new_id, utcnow
 
 SERVICES = ("token", "graph", "keyvault", "devops")
 SERVICE_ALIASES = {"entra": "token", "aad": "token", "kv": "keyvault", "vault": "keyvault", "ado": "devops"}
-KINDS = ("429", "503", "500", "timeout", "delay")
+KINDS = ("429", "503", "500", "timeout", "delay", "lost")
 
 
 def normalize_service(service: str) -> str:

@@ -119,6 +119,17 @@ class FaultLayer:
                 # gives up waiting (a "lost response": the side effect happens, the caller never knows).
                 receive = await _buffered(receive)
                 await asyncio.sleep(rule.seconds)
+            elif rule.kind == "lost":
+                # Azure did the work, the answer never arrived: run the request to completion,
+                # drop its response, and answer 504 as a gateway that lost the reply would.
+                async def discard(message: Message) -> None:
+                    return None
+
+                await self.app(scope, await _buffered(receive), discard)
+                await _send_json(
+                    send, 504, fault_body(service, 504, rid, client_rid), _fault_headers(service, rid, None)
+                )
+                return
             elif rule.kind == "timeout":
                 await asyncio.sleep(rule.seconds)
                 await _send_json(
@@ -507,7 +518,8 @@ class FakeAzure:
 
         service: "token" | "graph" | "keyvault" | "devops" | "*"; kind: "429" (Retry-After),
         "503" (Retry-After), "500", "timeout" (sleep `seconds`, then 504, not processed),
-        "delay" (sleep `seconds`, then processed normally).
+        "delay" (sleep `seconds`, then processed normally), "lost" (processed in full, then the
+        answer is dropped and the client gets 504: Azure did the work, the caller never hears).
         """
         return self.faults.inject(service, kind, count, path_pattern, method, retry_after, seconds)
 
