@@ -426,3 +426,37 @@ def test_variable_groups_create_lookup_and_refusals(fake: FakeAzure, http_client
 def http_client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10) as client:
         yield client
+
+
+def test_control_api_seeds_destinations_without_showing_secrets(
+    fake: FakeAzure, tenant: Tenant, http_client: httpx.Client
+) -> None:
+    control = f"{fake.base_url}/_control"
+    app = fake.add_application(tenant, unique("ctl"))
+    vault = http_client.post(f"{control}/vaults", json={"name": unique("ctl")})
+    assert vault.status_code == 201
+    assert vault.json()["url"] == fake.vault_url(vault.json()["name"])
+    role = {"principal": app.app_id, "role": "Key Vault Secrets Officer"}
+    assert http_client.post(f"{control}/vaults/{vault.json()['name']}/roles", json=role).status_code == 204
+    bad_role = http_client.post(
+        f"{control}/vaults/{vault.json()['name']}/roles", json={**role, "role": "Owner"}
+    )
+    assert bad_role.status_code == 400
+    store = http_client.post(f"{control}/stores", json={"name": unique("ctl")}).json()
+    owner = {"principal": app.app_id, "role": "App Configuration Data Owner"}
+    assert http_client.post(f"{control}/stores/{store['name']}/roles", json=owner).status_code == 204
+    org = fake.add_devops_org(unique("ctl"), projects=["web"])
+    group = http_client.post(
+        f"{control}/devops/organizations/{org.name}/variablegroups",
+        json={"project": "web", "name": "g", "variables": {"A": "1"}, "secrets": {"S": "hidden-value"}},
+    )
+    assert group.status_code == 201
+    fake.set_vault_secret(vault.json()["name"], "kv-secret", "hidden-kv-value")
+    summary = http_client.get(f"{control}/state")
+    sp = fake.service_principal(app)
+    (listed_vault,) = [v for v in summary.json()["vaults"] if v["name"] == vault.json()["name"]]
+    assert listed_vault["roles"] == {sp.id: ["Key Vault Secrets Officer"]}
+    assert listed_vault["secrets"] == ["kv-secret"]
+    assert any(g["name"] == "g" and g["variables"] == ["A", "S"] for g in summary.json()["variableGroups"])
+    assert "hidden-value" not in summary.text
+    assert "hidden-kv-value" not in summary.text

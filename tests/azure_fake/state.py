@@ -1010,6 +1010,36 @@ class FakeState:
                     "secrets": sorted(s.name for s in self.secrets.values()),
                     "deletedSecrets": sorted(s.name for s in self.deleted_secrets.values()),
                 },
+                "vaults": [
+                    {
+                        "name": v.name,
+                        "tenantId": v.tenant_id,
+                        "secrets": sorted(s.name for s in v.secrets.values()),
+                        "deletedSecrets": sorted(s.name for s in v.deleted_secrets.values()),
+                        "roles": {oid: sorted(r) for oid, r in (v.roles or {}).items()},
+                    }
+                    for v in self.vaults.values()
+                ],
+                "appConfigStores": [
+                    {
+                        "name": store.name,
+                        "tenantId": store.tenant_id,
+                        "keys": sorted(f"{k}|{label or ''}" for k, label in store.values),
+                        "roles": {oid: sorted(r) for oid, r in store.roles.items()},
+                    }
+                    for store in self.app_config_stores.values()
+                ],
+                "variableGroups": [
+                    {
+                        "org": o.name,
+                        "id": g.id,
+                        "name": g.name,
+                        "variables": sorted(g.variables),
+                        "revision": g.revision,
+                    }
+                    for o in self.devops_orgs.values()
+                    for g in o.variable_groups.values()
+                ],
                 "issuedTokens": len(self.issued_tokens),
                 "replicationDelay": self.replication_delay,
             }
