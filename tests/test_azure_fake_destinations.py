@@ -445,3 +445,40 @@ def test_control_api_seeds_destinations_without_showing_secrets(
     assert any(g["name"] == "g" and g["variables"] == ["A", "S"] for g in summary.json()["variableGroups"])
     assert "hidden-value" not in summary.text
     assert "hidden-kv-value" not in summary.text
+
+
+async def test_demo_seed_gives_the_rotated_app_its_destinations() -> None:
+    from azure.appconfiguration import ConfigurationSetting
+    from azure.appconfiguration.aio import AzureAppConfigurationClient
+    from azure.keyvault.secrets.aio import SecretClient
+
+    from tests.azure_fake import start_fake_azure
+    from tests.azure_fake.__main__ import seed_demo
+
+    demo_fake = start_fake_azure()
+    try:
+        demo = seed_demo(demo_fake)
+        rotated = demo["rotated app (Application.ReadWrite.All)"]
+        places = demo["destinations (the rotated app holds the roles)"]
+        cred = ClientSecretCredential(
+            demo["tenant"]["id"],
+            rotated["clientId"],
+            rotated["clientSecret"],
+            authority=demo_fake.authority_host,
+        )
+        vault = SecretClient(places["vaultUrl"], cred, verify_challenge_resource=False)
+        config = AzureAppConfigurationClient(places["appConfigEndpoint"], cred)
+        try:
+            await vault.set_secret("web-app-secret", "demo")
+            await config.set_configuration_setting(ConfigurationSetting(key="web", value="demo"))
+        finally:
+            await vault.close()
+            await config.close()
+            await cred.close()
+        assert demo_fake.vault_secret("apps", "web-app-secret") is not None
+        assert demo_fake.app_config_value("config", "web") is not None
+        group = demo_fake.variable_group(demo["devops"]["organization"], "web-secrets")
+        assert group is not None
+        assert group.variables["Region"].value == "westeurope"
+    finally:
+        demo_fake.stop()
