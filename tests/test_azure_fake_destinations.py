@@ -138,6 +138,11 @@ async def test_named_vault_soft_delete_blocks_the_name_until_recovered(
         await client.recover_deleted_secret("db-password")
         assert (await client.set_secret("db-password", "v2")).value == "v2"
         assert len([v async for v in client.list_properties_of_secret_versions("db-password")]) == 2
+        for i in range(30):
+            fake.set_vault_secret(vault, f"bulk-{i:02d}", "x")
+        names = [p.name async for p in client.list_properties_of_secrets(max_page_size=7)]  # 5 pages
+        assert len(names) == 31
+        assert fake.request_count("keyvault", f"^/vaults/{vault.name}/secrets$", "GET") == 5
         with pytest.raises(HttpResponseError) as bad_name:
             await client.set_secret("has_underscore", "x")
         assert bad_name.value.status_code == 400
