@@ -180,6 +180,7 @@ def _through_api(fake: Any, url: str) -> list[Table]:
 
 async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> float:
     """TOTAL active leases: DUE on real users expiring at +1 h, the rest idle for days."""
+    from bench.lease_seed import seed_leases
     from core import clock
     from leases import store
 
@@ -218,7 +219,7 @@ async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> 
             )
         )
     started = time.perf_counter()
-    await store.seed_leases(leases)
+    await seed_leases(leases)
     return time.perf_counter() - started
 
 
