@@ -29,6 +29,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -191,7 +192,6 @@ async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> 
     """TOTAL active leases: DUE on real users expiring at +1 h, the rest idle for days."""
     from bench.lease_seed import seed_leases
     from core import clock
-    from leases import store
 
     now = clock.now()
     leases = []
@@ -199,34 +199,12 @@ async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> 
         if n < DUE:
             user = due_users[n]
             name, expires = f"bench-due-{n:05d}", now + timedelta(hours=1)
-            user_id, upn = user.id, user.user_principal_name
         else:
             name = f"bench-idle-{n // 100:04d}"  # filler: 100 per partition
             expires = now + timedelta(days=1 + n % 6, minutes=n % 1440)
-            user_id, upn = str(uuid.uuid4()), f"idle{n}@bench.example.com"
-        lease_id = store.new_lease_id(name)
-        leases.append(
-            (
-                lease_id,
-                {
-                    "leaseId": lease_id,
-                    "dynamicSecretName": name,
-                    "dynamicSecretId": name,
-                    "tenantId": tenant_id,
-                    "applicationId": app_id,
-                    "credentialRef": ref,
-                    "userId": user_id,
-                    "userPrincipalName": upn,
-                    "status": "active",
-                    "createdAt": clock.isoformat(now),
-                    "expiresAt": clock.isoformat(expires),
-                    "maxExpiresAt": clock.isoformat(now + timedelta(days=7)),
-                    "dueKey": store.index_key("due", clock.isoformat(expires), lease_id),
-                    "attempts": 0,
-                    "createdBy": "bench",
-                },
-            )
-        )
+            user = SimpleNamespace(id=str(uuid.uuid4()), user_principal_name=f"idle{n}@bench.example.com")
+        data = _lease_data(name, user, tenant_id, app_id, ref, expires)
+        leases.append((data["leaseId"], data))
     started = time.perf_counter()
     await seed_leases(leases)
     return time.perf_counter() - started
