@@ -200,3 +200,24 @@ def test_answers_are_classified_with_step_and_azure_code(
         True,
     )
     assert caught.value.problem().status == 503
+
+
+def test_the_stand_ins_graph_limit_applies_per_tenant(broker: ServerHandle, fake_azure: Any) -> None:
+    limited, free = make_app(fake_azure), make_app(fake_azure)
+    run(broker, lambda: read_user(limited))
+    run(broker, lambda: read_user(free))
+    fake_azure.set_graph_rate_limit(1, burst=1, tenant=limited.tenant)
+    started = time.time()
+
+    async def reads() -> tuple[float, float]:
+        await read_user(limited)  # uses the one token in the bucket
+        slowed = await read_user(limited)  # 429 + Retry-After 1, honoured, then served
+        fast = sum([await read_user(free) for _ in range(5)])
+        return slowed, fast
+
+    slowed, fast = run(broker, reads)
+    assert slowed >= 1.0
+    assert fast < 1.0  # another tenant's token bucket is not touched
+    throttled = [r for r in fake_azure.request_log("graph") if r.status == 429 and r.at >= started]
+    assert throttled
+    assert all(limited.user.id in r.path for r in throttled)
