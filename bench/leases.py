@@ -13,6 +13,10 @@ and the Azure stand-in:
    there to be *not read*) packed 100 per transaction. The sweep runs with the stand-in's
    Graph rate limit on: time, index entities read (goal: ~1,000, not 20,000), all entities
    read, revocations per second, and how many Graph requests were answered 429.
+3. The sweep across tenants: 10 tenants x 100 due leases, each tenant's Graph limited to 20
+   requests/s by the stand-in (per tenant, as Graph throttles per app and tenant), one tenant
+   throttled hard (0.2 requests/s, Retry-After 5 s). Goal: the other nine all revoked within
+   one sweep interval (60 s), at >= 90% of the sum of their limits (162 revocations/s).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -39,6 +44,11 @@ CALLERS = 16
 TOTAL = 20_000
 DUE = 1_000
 GRAPH_LIMIT = 25.0  # requests per second (token bucket, burst = one second's worth)
+TENANTS = 10
+PER_TENANT = 100
+TENANT_LIMIT = 20.0  # Graph requests per second per tenant
+HARD_LIMIT = 0.2  # the throttled tenant's
+SWEEP_INTERVAL_S = 60.0
 TOKEN = "bench-leases-token"  # noqa: S105 (the local static token of this throwaway stack)
 
 
@@ -180,8 +190,8 @@ def _through_api(fake: Any, url: str) -> list[Table]:
 
 async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> float:
     """TOTAL active leases: DUE on real users expiring at +1 h, the rest idle for days."""
+    from bench.lease_seed import seed_leases
     from core import clock
-    from leases import store
 
     now = clock.now()
     leases = []
@@ -189,36 +199,14 @@ async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> 
         if n < DUE:
             user = due_users[n]
             name, expires = f"bench-due-{n:05d}", now + timedelta(hours=1)
-            user_id, upn = user.id, user.user_principal_name
         else:
             name = f"bench-idle-{n // 100:04d}"  # filler: 100 per partition
             expires = now + timedelta(days=1 + n % 6, minutes=n % 1440)
-            user_id, upn = str(uuid.uuid4()), f"idle{n}@bench.example.com"
-        lease_id = store.new_lease_id(name)
-        leases.append(
-            (
-                lease_id,
-                {
-                    "leaseId": lease_id,
-                    "dynamicSecretName": name,
-                    "dynamicSecretId": name,
-                    "tenantId": tenant_id,
-                    "applicationId": app_id,
-                    "credentialRef": ref,
-                    "userId": user_id,
-                    "userPrincipalName": upn,
-                    "status": "active",
-                    "createdAt": clock.isoformat(now),
-                    "expiresAt": clock.isoformat(expires),
-                    "maxExpiresAt": clock.isoformat(now + timedelta(days=7)),
-                    "dueKey": store.index_key("due", clock.isoformat(expires), lease_id),
-                    "attempts": 0,
-                    "createdBy": "bench",
-                },
-            )
-        )
+            user = SimpleNamespace(id=str(uuid.uuid4()), user_principal_name=f"idle{n}@bench.example.com")
+        data = _lease_data(name, user, tenant_id, app_id, ref, expires)
+        leases.append((data["leaseId"], data))
     started = time.perf_counter()
-    await store.seed_leases(leases)
+    await seed_leases(leases)
     return time.perf_counter() - started
 
 
@@ -277,6 +265,95 @@ def _sweep(fake: Any, handle: Any) -> list[Table]:
     return [(title, ["measure", "value", "time / detail"], rows)]
 
 
+def _lease_data(name: str, user: Any, tenant_id: str, app_id: str, ref: str, expires: Any) -> dict[str, Any]:
+    from core import clock
+    from leases import store
+
+    now = clock.now()
+    lease_id = store.new_lease_id(name)
+    return {
+        "leaseId": lease_id,
+        "dynamicSecretName": name,
+        "dynamicSecretId": name,
+        "tenantId": tenant_id,
+        "applicationId": app_id,
+        "credentialRef": ref,
+        "userId": user.id,
+        "userPrincipalName": user.user_principal_name,
+        "status": "active",
+        "createdAt": clock.isoformat(now),
+        "expiresAt": clock.isoformat(expires),
+        "maxExpiresAt": clock.isoformat(now + timedelta(days=7)),
+        "dueKey": store.index_key("due", clock.isoformat(expires), lease_id),
+        "attempts": 0,
+        "createdBy": "bench",
+    }
+
+
+def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
+    """One sweep of TENANTS x PER_TENANT due leases, each tenant rate-limited, the first hard."""
+    from bench.lease_seed import seed_leases
+    from core import clock
+    from core.secret_store import secret_store
+    from leases import store, sweeper
+
+    setups = [_tenant(fake, PER_TENANT) for _ in range(TENANTS)]
+    expires = clock.now() + timedelta(hours=1)
+    leases: list[tuple[str, dict[str, Any]]] = []
+    for t, (tenant, app, secret, people) in enumerate(setups):
+        ref = f"dynsecret-bench-tenant{t}-client-secret"
+        handle.run(secret_store().set(ref, secret))
+        for n, user in enumerate(people):
+            data = _lease_data(f"bench-t{t}-{n:03d}", user, tenant.id, app.app_id, ref, expires)
+            leases.append((data["leaseId"], data))
+    handle.run(seed_leases(leases), timeout=600)
+    clock.advance(timedelta(hours=1, minutes=1))
+    for t, (tenant, *_) in enumerate(setups):
+        limit = HARD_LIMIT if t == 0 else TENANT_LIMIT
+        fake.set_graph_rate_limit(limit, burst=max(1.0, limit), tenant=tenant)
+    sweep_started = clock.now()
+    started = time.perf_counter()
+    summary = handle.run(sweeper.sweep_expired_leases(), timeout=900)
+    sweep_s = time.perf_counter() - started
+    rows = [handle.run(store.get_lease(lease_id)) for lease_id, _ in leases]
+    for tenant, *_ in setups:
+        fake.set_graph_rate_limit(None, tenant=tenant)
+    clock.reset()
+    others = [r for r in rows[PER_TENANT:] if r is not None]
+    revoked = [r for r in others if r.data["status"] == "revoked"]
+    hard_revoked = sum(1 for r in rows[:PER_TENANT] if r is not None and r.data["status"] == "revoked")
+    last = max(
+        ((datetime.fromisoformat(r.data["revokedAt"]) - sweep_started).total_seconds() for r in revoked),
+        default=float("nan"),
+    )
+    last = max(last, 1.0)  # revokedAt has whole seconds
+    goal = 0.9 * TENANT_LIMIT * (TENANTS - 1)
+    rate = len(revoked) / last
+    rows_out = [
+        [
+            f"the {TENANTS - 1} tenants at {TENANT_LIMIT:g} req/s",
+            f"{len(revoked)} / {len(others)} revoked",
+            f"last at {last:.0f} s (goal: within {SWEEP_INTERVAL_S:.0f} s)",
+        ],
+        [
+            "aggregate revocation rate",
+            f"{rate:.1f} per second",
+            f"goal >= {goal:.0f} (90% of {TENANTS - 1} x {TENANT_LIMIT:g}): "
+            + ("met" if rate >= goal else "NOT met"),
+        ],
+        [
+            f"the tenant throttled to {HARD_LIMIT:g} req/s",
+            f"{hard_revoked} / {PER_TENANT} revoked",
+            f"{summary.get('deferred', 0)} deferred to the next sweep, {summary.get('failed', 0)} failed",
+        ],
+        ["whole sweep", f"{sweep_s:.1f} s", f"{summary}"],
+    ]
+    title = (
+        f"Sweep across tenants: {TENANTS} x {PER_TENANT} due leases, per-tenant Graph limits, one throttled"
+    )
+    return [(title, ["measure", "value", "detail"], rows_out)]
+
+
 def run() -> list[Table]:
     from core.azurite import free_port, start_azurite
     from tests.azure_fake import start_fake_azure
@@ -292,7 +369,10 @@ def run() -> list[Table]:
             import function_app
 
             handle = serve_in_thread(function_app.api, port)
-            return [*_through_api(fake, handle.url), *_sweep(fake, handle)]
+            chosen = os.environ.get("BENCH_LEASES", "api,sweep,tenants").split(",")
+            parts = {"api": lambda: _through_api(fake, handle.url), "sweep": lambda: _sweep(fake, handle)}
+            parts["tenants"] = lambda: _tenants_sweep(fake, handle)
+            return [table for name in chosen for table in parts[name]()]
         finally:
             if handle is not None:
                 handle.stop()  # closes every cached client of its loop

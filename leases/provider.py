@@ -12,35 +12,29 @@ operator would see them in the Portal:
   lacks: a 403 there is a warning in the response, not a failure, since
   the first lease then shows Graph's real answer.
 
-Every failure is an `AzureFailure` naming the step and Azure's own code (AADSTS number or
-Graph `error.code`); messages are built here, never copied from exceptions that might echo
-request material. Clients are cached per event loop and per (tenant, app, secret digest),
-so a lease costs one Graph call: the token is reused until it nears expiry.
+Every call goes through `core.azure_gateway` (classification into `AzureFailure`, retries that
+honour Retry-After, the caller's deadline, pacing per (tenant, app)); credentials come from the
+one cache in `core.azure_credentials`, so a lease costs one Graph call: the token is reused
+until it nears expiry.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import re
 import secrets
 import string
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from core.azure_clients import client_secret_credential, graph_client, graph_scope
-from core.loop_cache import PerLoop
-from core.retry_after import retry_after_seconds
-
-if TYPE_CHECKING:
-    from azure.core.credentials_async import AsyncTokenCredential
-    from msgraph.graph_service_client import GraphServiceClient
+from core import azure_credentials, azure_gateway
+from core.azure_clients import graph_scope
+from core.azure_credentials import AppAccess
+from core.azure_failure import AzureFailure, token_failure
 
 T = TypeVar("T")
+
+__all__ = ["AppAccess", "AzureFailure", "EntraUser", "generate_password", "token_failure"]
 
 # Graph application permissions that allow updating users (the first is the documented one).
 USER_WRITE_PERMISSIONS = ("User.ReadWrite.All", "Directory.ReadWrite.All")
@@ -53,56 +47,11 @@ PASSWORD_RESET_ROLES = {
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
 }
 SECRET_CACHE_SECONDS = 600
-MAX_CACHED_APPS = 256
 
 # Password alphabet: Entra accepts these symbols; quotes, backslash and space are left out so
 # the password pastes safely into shells and config files.
 SYMBOLS = "-_!@#$%^&*+=.?~"
 PASSWORD_LENGTH = 32
-
-# AADSTS code -> (request field it points at, what to do).
-_AADSTS: dict[str, tuple[str, str]] = {
-    "90002": ("tenantId", "the tenant does not exist; check the tenant ID"),
-    "900023": ("tenantId", "the tenant ID is not a valid tenant GUID or domain"),
-    "90072": ("tenantId", "the app is not registered or consented in this tenant"),
-    "700016": ("applicationId", "no application with this ID exists in the tenant"),
-    "7000112": ("applicationId", "the application is disabled"),
-    "7000215": ("clientSecret", "the client secret is wrong (use the secret's value, not its ID)"),
-    "7000222": ("clientSecret", "the client secret has expired; create a new one"),
-    "50034": ("clientSecret", "the app's identity does not exist in the tenant"),
-}
-_AADSTS_CODE = re.compile(r"AADSTS(\d{4,7})")
-
-
-class AzureFailure(Exception):
-    """A step against Entra ID / Graph failed; `code` is Azure's, `status` the HTTP status seen."""
-
-    def __init__(
-        self,
-        step: str,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        retry_after: int | None = None,
-        field: str | None = None,
-    ) -> None:
-        super().__init__(f"{step}: {code}: {message}")
-        self.step = step
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        self.field = field
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying later: throttling, Azure-side errors, timeouts, network trouble."""
-        return self.status in (0, 408, 429) or self.status >= 500
-
-    def describe(self) -> str:
-        """One line for `lastError`, audit and events (no secret material)."""
-        return f"{self.step} failed: {self.code} (HTTP {self.status}): {self.message}"[:400]
 
 
 @dataclass(frozen=True)
@@ -112,20 +61,6 @@ class EntraUser:
     mail_nickname: str | None
     display_name: str | None
     account_enabled: bool | None
-
-
-@dataclass
-class AppAccess:
-    """One app's credential and Graph clients on one event loop."""
-
-    credential: AsyncTokenCredential
-    _graph: dict[int, GraphServiceClient] = field(default_factory=dict)
-
-    def graph(self, max_retries: int = 3) -> GraphServiceClient:
-        """A Graph client; `max_retries=0` for callers that pace retries themselves (the sweeper)."""
-        if max_retries not in self._graph:
-            self._graph[max_retries] = graph_client(self.credential, max_retries=max_retries)
-        return self._graph[max_retries]
 
 
 def generate_password(length: int = PASSWORD_LENGTH) -> str:
@@ -139,51 +74,18 @@ def generate_password(length: int = PASSWORD_LENGTH) -> str:
     return "".join(chars)
 
 
-def _digest(tenant_id: str, app_id: str, secret: str) -> tuple[str, str, str]:
-    return tenant_id.lower(), app_id.lower(), hashlib.sha256(secret.encode()).hexdigest()
-
-
-class AppCache(OrderedDict[tuple[str, str, str], AppAccess]):
-    """One loop's app credentials, least recently used first; `core.loop_cache.close_all`
-    closes them at shutdown (their HTTP sessions)."""
-
-    async def close(self) -> None:
-        while self:
-            _, access = self.popitem()
-            await access.credential.close()
-
-
-async def _new_cache() -> AppCache:
-    return AppCache()
-
-
-_apps: PerLoop[AppCache] = PerLoop(_new_cache)
-# Secret values read from the secret store, by store name: (value, monotonic time read).
-_secrets: dict[str, tuple[str, float]] = {}
-
-
 async def access_for_secret(tenant_id: str, app_id: str, secret: str) -> AppAccess:
-    """The cached access of an app, made on first use."""
-    apps = await _apps.get()
-    key = _digest(tenant_id, app_id, secret)
-    found = apps.get(key)
-    if found is not None:
-        apps.move_to_end(key)
-        return found
-    access = AppAccess(client_secret_credential(tenant_id, app_id, secret))
-    apps[key] = access
-    while len(apps) > MAX_CACHED_APPS:
-        _, old = apps.popitem(last=False)
-        await old.credential.close()
-    return access
+    """The cached access of an app (the one credential cache), made on first use."""
+    return await azure_credentials.for_secret(tenant_id, app_id, secret)
 
 
 async def drop_access(tenant_id: str, app_id: str, secret: str) -> None:
     """Forget an app's cached access (its secret stopped working)."""
-    apps = await _apps.get()
-    old = apps.pop(_digest(tenant_id, app_id, secret), None)
-    if old is not None:
-        await old.credential.close()
+    await azure_credentials.drop(tenant_id, app_id, secret)
+
+
+# Secret values read from the secret store, by store name: (value, monotonic time read).
+_secrets: dict[str, tuple[str, float]] = {}
 
 
 def forget_secret(ref: str) -> None:
@@ -232,90 +134,25 @@ async def with_stored_access(
         return await call(await access_for_secret(tenant_id, app_id, fresh))
 
 
-# ---------------------------------------------------------------------------- failures
-
-
-def _retry_after(headers: Any) -> int | None:
-    seconds = retry_after_seconds(headers if isinstance(headers, Mapping) else None)
-    return None if seconds is None else int(seconds)
-
-
-def token_failure(step: str, error: BaseException) -> AzureFailure:
-    """An azure-identity failure as a failure of `step`, with its AADSTS code and a fix."""
-    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
-
-    text = str(getattr(error, "message", "") or error)
-    match = _AADSTS_CODE.search(text)
-    if match:
-        code = f"AADSTS{match.group(1)}"
-        field, advice = _AADSTS.get(match.group(1), (None, "Entra ID refused the app's sign-in"))
-        return AzureFailure(step, 400 if field else 401, code, advice, field=field)
-    if isinstance(error, ServiceRequestError) or not isinstance(error, ClientAuthenticationError):
-        return AzureFailure(step, 0, "connection", "Entra ID could not be reached")
-    return AzureFailure(step, 401, "authentication_failed", "Entra ID refused the app's sign-in")
-
-
-def graph_failure(step: str, error: BaseException) -> AzureFailure:
-    """A Graph SDK / transport exception as a failure of `step`."""
-    import httpx
-    from azure.core.exceptions import AzureError
-    from kiota_abstractions.api_error import APIError
-    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
-
-    if isinstance(error, AzureFailure):
-        return error
-    if isinstance(error, AzureError):  # the token request inside the Graph call
-        return token_failure("token", error)
-    if isinstance(error, ODataError):
-        status = error.response_status_code or 0
-        main = error.error
-        code = (main.code if main else None) or f"HTTP{status}"
-        message = (main.message if main else None) or "Graph refused the request"
-        return AzureFailure(
-            step, status, code, message[:200], retry_after=_retry_after(error.response_headers)
-        )
-    if isinstance(error, APIError):
-        status = error.response_status_code or 0
-        return AzureFailure(
-            step,
-            status,
-            f"HTTP{status}",
-            "Graph answered with an error",
-            retry_after=_retry_after(error.response_headers),
-        )
-    if isinstance(error, httpx.TimeoutException):
-        return AzureFailure(step, 504, "timeout", "Graph did not answer in time")
-    if isinstance(error, httpx.HTTPError):
-        return AzureFailure(step, 0, "connection", "Graph could not be reached")
-    raise error
-
-
-async def _graph_call(step: str, call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except Exception as error:
-        raise graph_failure(step, error) from None
-
-
 # ---------------------------------------------------------------------------- operations
 
 
 async def app_token_claims(access: AppAccess) -> dict[str, Any]:
     """Sign in as the app; the claims of its Graph token (`roles`: application permissions,
     `tid`: the tenant GUID, whatever name the caller gave the tenant)."""
-    try:
-        token = await access.credential.get_token(graph_scope())
-    except Exception as error:
-        raise token_failure("token", error) from None
+    token = await azure_gateway.call(
+        "token", lambda: access.credential.get_token(graph_scope()), kind="token", pace=access.pace_key
+    )
     return token_claims(token.token)
 
 
 def token_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT access token (read, not verified: Entra just issued it to us over TLS)."""
+    import jwt
+
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
         return {}
     return claims if isinstance(claims, dict) else {}
 
@@ -340,7 +177,7 @@ async def directory_roles(access: AppAccess, app_id: str) -> set[str]:
     graph = access.graph()
     url = f"{graph_base_url()}/servicePrincipals(appId='{quote(app_id, safe='-')}')/memberOf"
     builder = graph.service_principals.by_service_principal_id(app_id).member_of
-    page = await _graph_call("directoryRole", builder.with_url(url).get())
+    page = await azure_gateway.call("directoryRole", builder.with_url(url).get, pace=access.pace_key)
     found: set[str] = set()
     for _ in range(20):  # at most 20 pages: an app is a member of few groups and roles
         if page is None:
@@ -352,7 +189,8 @@ async def directory_roles(access: AppAccess, app_id: str) -> set[str]:
         )
         if not page.odata_next_link:
             break
-        page = await _graph_call("directoryRole", builder.with_url(page.odata_next_link).get())
+        next_page = builder.with_url(page.odata_next_link)
+        page = await azure_gateway.call("directoryRole", next_page.get, pace=access.pace_key)
     return found
 
 
@@ -365,7 +203,8 @@ async def read_user(access: AppAccess, id_or_upn: str) -> EntraUser:
             select=["id", "userPrincipalName", "mailNickname", "displayName", "accountEnabled"]
         )
     )
-    user = await _graph_call("readUser", access.graph().users.by_user_id(id_or_upn).get(config))
+    item = access.graph().users.by_user_id(id_or_upn)
+    user = await azure_gateway.call("readUser", lambda: item.get(config), pace=access.pace_key)
     if user is None or not user.id or not user.user_principal_name:
         raise AzureFailure("readUser", 404, "Request_ResourceNotFound", "Graph returned no user")
     return EntraUser(
@@ -377,16 +216,15 @@ async def read_user(access: AppAccess, id_or_upn: str) -> EntraUser:
     )
 
 
-async def set_password(access: AppAccess, user_id: str, password: str, *, max_retries: int = 3) -> None:
-    """`PATCH /users/{id}` with a new passwordProfile, no forced change at next sign-in."""
+async def set_password(access: AppAccess, user_id: str, password: str) -> None:
+    """`PATCH /users/{id}` with a new passwordProfile, no forced change at next sign-in.
+
+    Idempotent (the same body sets the same password), so the gateway may retry it; it runs
+    under the caller's deadline (a revoke's claim).
+    """
     from msgraph.generated.models.password_profile import PasswordProfile
     from msgraph.generated.models.user import User
 
     body = User(password_profile=PasswordProfile(password=password, force_change_password_next_sign_in=False))
-    await _graph_call("setPassword", access.graph(max_retries).users.by_user_id(user_id).patch(body))
-
-
-async def close_clients() -> None:
-    """Close this loop's cached credentials and forget cached secrets (`close_all` does the former)."""
-    await (await _apps.get()).close()
-    _secrets.clear()
+    item = access.graph().users.by_user_id(user_id)
+    await azure_gateway.call("setPassword", lambda: item.patch(body), pace=access.pace_key)

@@ -21,11 +21,11 @@ from datetime import timedelta
 from typing import Any
 
 from core import audit, clock, events
+from core.azure_failure import AzureFailure
 from core.settings import get_settings
 from core.tables import ConcurrencyConflict, Row
-from leases import service, store
+from leases import revoking, service, store
 from leases.models import TERMINAL, LeaseStatus
-from leases.provider import AzureFailure
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ async def resolve_intent(entry: Row) -> str:
         return "cleared"
     status = row.data["status"]
     ours = status == LeaseStatus.REVOKING.value and row.data.get("claimedBy") == HOLDER
-    if status == LeaseStatus.PENDING.value or (ours and service.due_time(row) <= clock.now()):
+    if status == LeaseStatus.PENDING.value or (ours and revoking.due_time(row) <= clock.now()):
         try:
-            claimed = await service.claim_for_revoke(row, HOLDER)
+            claimed = await revoking.claim_for_revoke(row, HOLDER)
         except ConcurrencyConflict:
             return "raced"  # the create finished (or another reconciler took it) meanwhile
         try:
-            await service.reset_password(claimed)
+            await revoking.reset_password(claimed)
         except AzureFailure as failure:
             # Keep the claim until it expires: the next run retries. The lease stays visible.
             events.emit(
@@ -62,7 +62,7 @@ async def resolve_intent(entry: Row) -> str:
                 error="reconcile: " + failure.describe(),
             )
             return "failed"
-        await service.complete_revoke(
+        await revoking.complete_revoke(
             claimed, HOLDER, audit.SYSTEM, detail="create interrupted; password reset by the reconciler"
         )
         await store.delete_index(lease_id, entry.rk)

@@ -1,4 +1,6 @@
-"""Dynamic secrets and leases: what the routes, the sweeper and the reconciler do.
+"""Leases: creating, reading and renewing them, and the helpers the other lease modules share.
+
+Dynamic secrets live in `leases.dynamic_secrets`, revoking in `leases.revoking`.
 
 A lease's life, and what each step writes (see store.py for the keys):
 
@@ -18,55 +20,36 @@ A failed revoke becomes `revoke_failed` with `lastError` and its due entry moved
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import audit, clock, events
+from core import audit, azure_gateway, clock, events
 from core.auth import Caller
+from core.azure_failure import AzureFailure
 from core.durations import format_duration, parse_duration
-from core.errors import (
-    Conflict,
-    FieldError,
-    NotFound,
-    Problem,
-    Unavailable,
-    Unprocessable,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable, Unprocessable
 from core.tables import ConcurrencyConflict, Row, RowExists
 from leases import provider, store
-from leases.models import (
-    TERMINAL,
-    Credentials,
-    DynamicSecretCreate,
-    DynamicSecretOut,
-    DynamicSecretsCreated,
-    DynamicSecretUpdate,
-    LeaseCreated,
-    LeaseOut,
-    LeaseRenewed,
-    LeaseStatus,
-)
-from leases.provider import AzureFailure
+from leases.models import Credentials, DynamicSecretOut, LeaseCreated, LeaseOut, LeaseRenewed, LeaseStatus
 
 log = logging.getLogger(__name__)
 
 MIN_TTL = timedelta(minutes=1)
 # An intent older than this belongs to a create that died; the reconciler resolves it.
-# (A create takes a few seconds; Graph retries are bounded well below this.)
+# A create's Azure calls run under a deadline of CREATE_BUDGET, and the reconciler takes a
+# pending lease over only after RECONCILE_AFTER > CREATE_BUDGET + the gateway's longest call.
 RECONCILE_AFTER = timedelta(minutes=3)
+CREATE_BUDGET = timedelta(seconds=30)
+# Renaming of the gateway's generic field names in problems (an app is `applicationId` here).
+FIELDS = {"clientId": "applicationId"}
 # How long a revoke claim lasts; a claim whose holder died is taken over after it.
 CLAIM_FOR = timedelta(minutes=2)
 BACKOFF_FIRST = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
-READ_USERS_CONCURRENCY = 8
 DELETING = "(deleting)"  # claim marker of a dynamic secret being deleted
-NAME_MAX = 63
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -81,18 +64,16 @@ def parse_time(text: Any) -> datetime:
     return datetime.fromisoformat(str(text))
 
 
-def derive_name(prefix: str, user: provider.EntraUser) -> str:
-    """`{prefix}-{mailNickname or UPN local part}`, lower-case `[a-z0-9-]`, at most 63 chars."""
-    handle = user.mail_nickname or user.user_principal_name.split("@")[0]
-    raw = f"{prefix}-{handle}".lower()
-    name = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")
-    return name[:NAME_MAX].rstrip("-")
+async def credential_ref(lease: Row) -> str:
+    """The secret-store name of the app's client secret: the dynamic secret's current one.
 
-
-def secret_ref(ds_id: str) -> str:
-    from core.secret_store import secret_name
-
-    return secret_name("dynsecret", ds_id, "client-secret")
+    A PATCH writes a new secret under a new name and deletes the old one, so a lease made
+    before it reads the name through its dynamic secret (its own copy if that is gone).
+    """
+    ds = await store.get_dynamic_secret(str(lease.data["dynamicSecretName"]))
+    if ds is not None and ds.data.get("id") == lease.data.get("dynamicSecretId"):
+        return str(ds.data["credentialRef"])
+    return str(lease.data["credentialRef"])
 
 
 def backoff(attempts: int) -> timedelta:
@@ -121,22 +102,8 @@ def check_ttls(default_ttl: str, max_ttl: str) -> None:
 
 
 def azure_problem(failure: AzureFailure, *, validating: bool = False, **extra: Any) -> Problem:
-    """An Azure failure as the caller sees it: the step, Azure's code, and what to do."""
-    details = {"step": failure.step, "azureCode": failure.code, **extra}
-    detail = f"Azure step '{failure.step}' failed with {failure.code}: {failure.message}"
-    if failure.status == 429:
-        wait = str(failure.retry_after or 5)
-        return Unavailable(detail, headers={"Retry-After": wait}, extra=details, code="azure-throttled")
-    if failure.code == "timeout" or failure.status == 504:
-        return UpstreamTimeout(detail, extra=details)
-    if failure.transient:
-        return Unavailable(detail, headers={"Retry-After": "5"}, extra=details, code="azure-unavailable")
-    if validating:
-        field = failure.field or "applicationId"
-        return Unprocessable(
-            detail, [FieldError(field, failure.message)], extra=details, code="azure-refused"
-        )
-    return UpstreamError(detail, extra=details, code="azure-refused")
+    """An Azure failure as the caller sees it, with this domain's field names."""
+    return failure.problem(validating=validating, fields=FIELDS, **extra)
 
 
 def ds_out(row: Row) -> DynamicSecretOut:
@@ -176,258 +143,18 @@ def lease_out(row: Row) -> LeaseOut:
     )
 
 
-async def _ds_row(name: str) -> Row:
+async def ds_row(name: str) -> Row:
     row = await store.get_dynamic_secret(name) if _NAME.match(name) else None
     if row is None:
         raise NotFound(f"no dynamic secret is named {name!r}")
     return row
 
 
-async def _lease_row(lease_id: str) -> Row:
+async def lease_row(lease_id: str) -> Row:
     row = await store.get_lease(lease_id)
     if row is None:
         raise NotFound(f"no lease has the id {lease_id!r}")
     return row
-
-
-# ---------------------------------------------------------------------------- validation in Azure
-
-
-async def _check_app(access: provider.AppAccess, application_id: str) -> tuple[str, list[str]]:
-    """Token, permission and directory role of the app: (tenant GUID, warnings) or AzureFailure."""
-    claims = await provider.app_token_claims(access)
-    roles = provider.token_roles(claims)
-    if not roles & set(provider.USER_WRITE_PERMISSIONS):
-        raise AzureFailure(
-            "permissions",
-            403,
-            "MissingPermission",
-            "the app lacks the Microsoft Graph application permission User.ReadWrite.All "
-            "(granted with admin consent); it has " + (", ".join(sorted(roles)) or "none"),
-            field="applicationId",
-        )
-    warnings: list[str] = []
-    try:
-        held = await provider.directory_roles(access, application_id)
-    except AzureFailure as failure:
-        if failure.status != 403:
-            raise
-        warnings.append(
-            "could not verify the app's directory role: reading its memberships needs Application.Read.All; "
-            "without the User Administrator role, leases fail with Authorization_RequestDenied"
-        )
-    else:
-        if not held & set(provider.PASSWORD_RESET_ROLES):
-            raise AzureFailure(
-                "directoryRole",
-                403,
-                "MissingDirectoryRole",
-                "the app's service principal needs the User Administrator directory role "
-                "(Entra ID > Roles and administrators) to set user passwords",
-                field="applicationId",
-            )
-    return str(claims.get("tid") or ""), warnings
-
-
-async def _read_users(access: provider.AppAccess, users: list[str]) -> list[provider.EntraUser]:
-    semaphore = asyncio.Semaphore(READ_USERS_CONCURRENCY)
-    missing: list[FieldError] = []
-
-    async def read(index: int, who: str) -> provider.EntraUser | None:
-        async with semaphore:
-            try:
-                return await provider.read_user(access, who)
-            except AzureFailure as failure:
-                if failure.status in (400, 404):
-                    missing.append(FieldError(f"users.{index}", f"no user {who!r} in the tenant"))
-                    return None
-                raise
-
-    found = await asyncio.gather(*(read(i, who) for i, who in enumerate(users)))
-    if missing:
-        raise Unprocessable("some users do not exist in the tenant", sorted(missing, key=lambda e: e.field))
-    result = [user for user in found if user is not None]
-    seen: dict[str, int] = {}
-    errors = []
-    for index, user in enumerate(result):
-        if user.id in seen:
-            errors.append(FieldError(f"users.{index}", f"the same user as users.{seen[user.id]}"))
-        seen.setdefault(user.id, index)
-    if errors:
-        raise Unprocessable("a user is listed twice", errors)
-    return result
-
-
-# ---------------------------------------------------------------------------- dynamic secrets
-
-
-async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> DynamicSecretsCreated:
-    """Validate the app against Entra ID, then one dynamic secret per user (all or none)."""
-    import uuid
-
-    check_ttls(body.default_ttl, body.max_ttl)
-    secret = body.client_secret.get_secret_value()
-    access = await provider.access_for_secret(body.tenant_id, body.application_id, secret)
-    try:
-        tenant_guid, warnings = await _check_app(access, body.application_id)
-        users = await _read_users(access, body.users)
-    except AzureFailure as failure:
-        await provider.drop_access(body.tenant_id, body.application_id, secret)
-        raise azure_problem(failure, validating=True) from None
-    tenant_id = (tenant_guid or body.tenant_id).lower()
-    prefix = body.prefix.lower()
-    names = [derive_name(prefix, user) for user in users]
-    clashes = [
-        FieldError(f"users.{i}", f"its name {name!r} is also derived for users.{names.index(name)}")
-        for i, name in enumerate(names)
-        if names.index(name) != i
-    ]
-    if clashes:
-        raise Unprocessable("two users map to the same dynamic secret name", clashes)
-
-    now = iso(clock.now())
-    plan = [(name, user, uuid.uuid4().hex) for name, user in zip(names, users, strict=True)]
-    claimed: list[tuple[str, str]] = []  # (user id, ds id)
-    written_secrets: list[str] = []
-    inserted: list[Row] = []
-    from core.secret_store import secret_store
-
-    try:
-        for name, user, ds_id in plan:
-            try:
-                await store.claim_user(tenant_id, user.id, name, ds_id, RECONCILE_AFTER.total_seconds())
-            except RowExists as held:
-                raise Conflict(
-                    f"user {user.user_principal_name} is already served by dynamic secret {held.detail!r} "
-                    "(one dynamic secret per user)",
-                    extra={"dynamicSecretName": held.detail},
-                ) from None
-            claimed.append((user.id, ds_id))
-        refs = [secret_ref(ds_id) for _, _, ds_id in plan]
-        written_secrets.extend(refs)  # before writing: a partial failure is undone too (delete is idempotent)
-        await asyncio.gather(*(secret_store().set(ref, secret) for ref in refs))
-        for (name, user, ds_id), ref in zip(plan, refs, strict=True):
-            data = {
-                "id": ds_id,
-                "prefix": prefix,
-                "tenantId": tenant_id,
-                "applicationId": body.application_id.lower(),
-                "userId": user.id,
-                "userPrincipalName": user.user_principal_name,
-                "defaultTtl": body.default_ttl,
-                "maxTtl": body.max_ttl,
-                "credentialRef": ref,
-                "createdAt": now,
-                "updatedAt": now,
-                "createdBy": caller.id,
-            }
-            try:
-                inserted.append(await store.insert_dynamic_secret(name, data))
-            except RowExists:
-                raise Conflict(
-                    f"the dynamic secret name {name!r} (derived for {user.user_principal_name}) is taken; "
-                    "use another prefix",
-                    [FieldError("prefix", f"{name!r} already exists")],
-                    extra={"dynamicSecretName": name},
-                ) from None
-    except BaseException:
-        for row in inserted:
-            await store.delete_dynamic_secret(row.rk, row.etag)
-        for ref in written_secrets:
-            await secret_store().delete(ref)
-        for user_id, ds_id in claimed:
-            await store.release_user(tenant_id, user_id, ds_id)
-        raise
-    for row in inserted:
-        await audit.record(caller, "dynamic_secret.create", "dynamic-secret", row.rk)
-    return DynamicSecretsCreated(items=[ds_out(row) for row in inserted], warnings=warnings)
-
-
-async def list_dynamic_secrets(limit: int) -> list[DynamicSecretOut]:
-    return [ds_out(row) for row in await store.list_dynamic_secrets(limit)]
-
-
-async def get_dynamic_secret(name: str) -> DynamicSecretOut:
-    return ds_out(await _ds_row(name))
-
-
-async def update_dynamic_secret(name: str, body: DynamicSecretUpdate, caller: Caller) -> DynamicSecretOut:
-    """New TTLs (existing leases keep their expiry) and/or a new client secret (re-validated)."""
-    row = await _ds_row(name)
-    if body.default_ttl is None and body.max_ttl is None and body.client_secret is None:
-        raise Unprocessable(
-            "nothing to change", [FieldError("body", "give defaultTtl, maxTtl or clientSecret")]
-        )
-    data = dict(row.data)
-    data["defaultTtl"] = body.default_ttl or data["defaultTtl"]
-    data["maxTtl"] = body.max_ttl or data["maxTtl"]
-    check_ttls(data["defaultTtl"], data["maxTtl"])
-    changed = [k for k in ("defaultTtl", "maxTtl") if data[k] != row.data[k]]
-    if body.client_secret is not None:
-        secret = body.client_secret.get_secret_value()
-        access = await provider.access_for_secret(data["tenantId"], data["applicationId"], secret)
-        try:
-            tenant_guid, _ = await _check_app(access, data["applicationId"])
-            await provider.read_user(access, data["userId"])
-        except AzureFailure as failure:
-            await provider.drop_access(data["tenantId"], data["applicationId"], secret)
-            raise azure_problem(failure, validating=True) from None
-        if tenant_guid and tenant_guid.lower() != data["tenantId"]:
-            raise Unprocessable(
-                "the client secret signs in to another tenant",
-                [FieldError("clientSecret", "must belong to the dynamic secret's app and tenant")],
-            )
-        from core.secret_store import secret_store
-
-        await secret_store().set(data["credentialRef"], secret)
-        provider.forget_secret(data["credentialRef"])
-        changed.append("clientSecret")
-    data["updatedAt"] = iso(clock.now())
-    try:
-        row = await store.replace_dynamic_secret(row, data)
-    except ConcurrencyConflict:
-        raise Conflict("the dynamic secret changed meanwhile; read it and try again") from None
-    await audit.record(
-        caller, "dynamic_secret.update", "dynamic-secret", name, detail="changed " + ", ".join(changed)
-    )
-    return ds_out(row)
-
-
-async def delete_dynamic_secret(name: str, caller: Caller) -> None:
-    """Revoke the live lease, hold the claim against new ones, then delete the secret and rows.
-
-    The claim row is held with a marker naming this dynamic secret's id until the very end, so
-    no lease can start meanwhile; a crash leaves the row, and DELETE can simply be repeated.
-    """
-    from core.secret_store import secret_store
-
-    row = await _ds_row(name)
-    marker = f"{DELETING}{row.data['id']}"
-    for _ in range(5):
-        try:
-            await store.insert_claim(name, marker)
-            break
-        except RowExists:
-            pass
-        claim = await store.get_claim(name)
-        if claim is None:
-            continue
-        holder = str(claim.data.get("leaseId"))
-        if holder == marker:
-            break
-        lease = None if holder.startswith(DELETING) else await store.get_lease(holder)
-        if lease is None or lease.data.get("status") in TERMINAL:
-            await store.delete_claim(claim)
-            continue
-        await revoke_lease(holder, caller, force=False, reason="dynamic secret deleted")
-    else:
-        raise Conflict("leases keep being created for this dynamic secret; try again")
-    await secret_store().delete(row.data["credentialRef"])
-    provider.forget_secret(row.data["credentialRef"])
-    await store.release_user(row.data["tenantId"], row.data["userId"], row.data["id"])
-    await store.delete_dynamic_secret(name, None)
-    await store.delete_claim(None, name)
-    await audit.record(caller, "dynamic_secret.delete", "dynamic-secret", name)
 
 
 # ---------------------------------------------------------------------------- creating a lease
@@ -443,7 +170,7 @@ class PendingLease:
 
 async def begin_lease(name: str, ttl: str | None, caller: Caller) -> PendingLease:
     """Steps 1-2: claim the user, write the intent and the `pending` lease. Nothing in Azure yet."""
-    ds = await _ds_row(name)
+    ds = await ds_row(name)
     maximum = parse_duration(ds.data["maxTtl"])
     wanted = _ttl(ttl, "ttl") if ttl else parse_duration(ds.data["defaultTtl"])
     if wanted > maximum:
@@ -458,6 +185,7 @@ async def begin_lease(name: str, ttl: str | None, caller: Caller) -> PendingLeas
     now = clock.now()
     lease_id = store.new_lease_id(name)
     await _claim_user(name, ds.data["id"], lease_id, ds.data["userPrincipalName"])
+    await _still_there(name, ds.data["id"], lease_id)
     expires = iso(now + wanted)
     due_key = store.index_key("due", expires, lease_id)
     intent_key = await store.write_intent(lease_id, iso(now), due_key)
@@ -479,6 +207,18 @@ async def begin_lease(name: str, ttl: str | None, caller: Caller) -> PendingLeas
         "createdBy": caller.id,
     }
     return PendingLease(await store.insert_lease(lease_id, data), intent_key)
+
+
+async def _still_there(name: str, ds_id: str, lease_id: str) -> None:
+    """After the claim: the dynamic secret read before it must still exist.
+
+    A delete holds the claim row for its whole run, so once this lease holds it no delete can
+    run; one that ran between our read and our claim is seen here, and nothing was done yet.
+    """
+    current = await store.get_dynamic_secret(name)
+    if current is None or current.data.get("id") != ds_id:
+        await store.release_claim(name, lease_id)
+        raise NotFound(f"no dynamic secret is named {name!r} (it was deleted meanwhile)")
 
 
 async def _claim_user(name: str, ds_id: str, lease_id: str, upn: str) -> None:
@@ -516,7 +256,10 @@ async def set_lease_password(pending: PendingLease) -> str:
     async def call(access: provider.AppAccess) -> None:
         await provider.set_password(access, d["userId"], password)
 
-    await provider.with_stored_access(d["tenantId"], d["applicationId"], d["credentialRef"], call)
+    async with azure_gateway.deadline(CREATE_BUDGET.total_seconds()):
+        await provider.with_stored_access(
+            d["tenantId"], d["applicationId"], await credential_ref(pending.row), call
+        )
     return password
 
 
@@ -590,18 +333,18 @@ async def create_lease(name: str, ttl: str | None, caller: Caller) -> LeaseCreat
 
 
 async def list_leases(name: str, status: LeaseStatus | None, limit: int) -> list[LeaseOut]:
-    ds = await _ds_row(name)
+    ds = await ds_row(name)
     rows = await store.list_leases(name, ds.data["id"], limit, status.value if status else None)
     return [lease_out(row) for row in rows]
 
 
 async def get_lease(lease_id: str) -> LeaseOut:
-    return lease_out(await _lease_row(lease_id))
+    return lease_out(await lease_row(lease_id))
 
 
 async def renew_lease(lease_id: str, ttl: str | None, caller: Caller) -> LeaseRenewed:
     """New expiry = now + ttl, never past createdAt + maxTtl (the response says when capped)."""
-    row = await _lease_row(lease_id)
+    row = await lease_row(lease_id)
     now = clock.now()
     if row.data["status"] != LeaseStatus.ACTIVE.value or parse_time(row.data["expiresAt"]) <= now:
         raise Conflict(
@@ -643,153 +386,3 @@ async def renew_lease(lease_id: str, ttl: str | None, caller: Caller) -> LeaseRe
     return LeaseRenewed(
         lease=lease_out(row), capped=capped, requested_expires_at=iso(requested), max_expires_at=iso(cap)
     )
-
-
-# ---------------------------------------------------------------------------- revoking
-
-
-def due_time(row: Row) -> datetime:
-    """When the sweeper should act on a lease in its current state."""
-    d = row.data
-    status = d["status"]
-    if status == LeaseStatus.REVOKE_FAILED.value:
-        return parse_time(d.get("nextAttemptAt") or d["expiresAt"])
-    if status == LeaseStatus.REVOKING.value:
-        return parse_time(d.get("claimUntil") or d["expiresAt"])
-    return parse_time(d["expiresAt"])
-
-
-async def claim_for_revoke(row: Row, holder: str) -> Row:
-    """`-> revoking` with a claim until now + CLAIM_FOR (ETag: two claimants, one wins)."""
-    data = {
-        **row.data,
-        "status": LeaseStatus.REVOKING.value,
-        "claimUntil": iso(clock.now() + CLAIM_FOR),
-        "claimedBy": holder,
-    }
-    return await store.replace_lease(row, data)
-
-
-async def reset_password(row: Row, *, max_retries: int = 3) -> None:
-    """Set an unknown random password: the leased one stops working."""
-    d = row.data
-
-    async def call(access: provider.AppAccess) -> None:
-        await provider.set_password(
-            access, d["userId"], provider.generate_password(), max_retries=max_retries
-        )
-
-    await provider.with_stored_access(d["tenantId"], d["applicationId"], d["credentialRef"], call)
-
-
-async def complete_revoke(row: Row, revoked_by: str, caller: Caller, *, detail: str = "") -> Row:
-    now = clock.now()
-    data = {
-        **row.data,
-        "status": LeaseStatus.REVOKED.value,
-        "revokedAt": iso(now),
-        "revokedBy": revoked_by,
-        "claimUntil": None,
-        "claimedBy": None,
-        "nextAttemptAt": None,
-    }
-    row = await store.finish_lease(row, data)
-    late = max(0, int((now - parse_time(data["expiresAt"])).total_seconds()))
-    events.emit(
-        "lease.revoked",
-        leaseId=row.rk,
-        dynamicSecretName=data["dynamicSecretName"],
-        revokedBy=revoked_by,
-        lateSeconds=late,
-    )
-    await audit.record(caller, "lease.revoke", "lease", row.rk, detail=detail or f"revoked by {revoked_by}")
-    return row
-
-
-async def record_failure(row: Row, failure: AzureFailure, caller: Caller) -> Row:
-    """`revoke_failed`: keep the record, note the error, and move the due entry to the retry time."""
-    now = clock.now()
-    attempts = int(row.data.get("attempts") or 0) + 1
-    delay = max(backoff(attempts), timedelta(seconds=failure.retry_after or 0))
-    next_at = iso(now + delay)
-    due_key = store.index_key("due", next_at, row.rk)
-    data = {
-        **row.data,
-        "status": LeaseStatus.REVOKE_FAILED.value,
-        "attempts": attempts,
-        "lastError": failure.describe(),
-        "nextAttemptAt": next_at,
-        "dueKey": due_key,
-        "claimUntil": None,
-        "claimedBy": None,
-    }
-    new_row = await store.replace_lease(row, data)
-    await store.move_due(row.rk, str(row.data["dueKey"]), due_key, str(data["createdAt"]))
-    events.emit(
-        "lease.revoke_failed",
-        level=logging.WARNING,
-        leaseId=row.rk,
-        dynamicSecretName=data["dynamicSecretName"],
-        error=data["lastError"],
-        attempts=attempts,
-        nextAttemptAt=next_at,
-    )
-    await audit.record(caller, "lease.revoke", "lease", row.rk, "failure", data["lastError"])
-    return new_row
-
-
-async def forget_lease(row: Row, failure: AzureFailure, caller: Caller) -> Row:
-    """`forgotten`: an Admin gives up on a lease Azure refuses to revoke (audited; the password
-    may still work in Azure, which the audit entry says)."""
-    data = {
-        **row.data,
-        "status": LeaseStatus.FORGOTTEN.value,
-        "revokedAt": iso(clock.now()),
-        "revokedBy": caller.id,
-        "lastError": failure.describe(),
-        "claimUntil": None,
-        "claimedBy": None,
-        "nextAttemptAt": None,
-    }
-    row = await store.finish_lease(row, data)
-    await audit.record(
-        caller,
-        "lease.force_forget",
-        "lease",
-        row.rk,
-        detail="forgotten without revocation; the password may still work: " + failure.describe(),
-    )
-    events.emit(
-        "lease.revoke_failed", level=logging.WARNING, leaseId=row.rk, error="forgotten: " + failure.describe()
-    )
-    return row
-
-
-async def revoke_lease(lease_id: str, caller: Caller, *, force: bool, reason: str = "") -> LeaseOut:
-    """Revoke now. With `force`, a lease Azure refuses to revoke is forgotten instead of kept."""
-    row = await _lease_row(lease_id)
-    status = row.data["status"]
-    if status in TERMINAL:
-        return lease_out(row)
-    if status == LeaseStatus.PENDING.value:
-        raise Conflict("the lease is still being created; try again in a few seconds")
-    if status == LeaseStatus.REVOKING.value and parse_time(row.data.get("claimUntil")) > clock.now():
-        raise Conflict(f"the lease is being revoked by {row.data.get('claimedBy')}; read it again shortly")
-    try:
-        claimed = await claim_for_revoke(row, f"api:{caller.id}")
-    except ConcurrencyConflict:
-        raise Conflict("the lease changed meanwhile (another revoke?); read it again") from None
-    try:
-        await reset_password(claimed)
-    except AzureFailure as failure:
-        if force:
-            return lease_out(await forget_lease(claimed, failure, caller))
-        failed = await record_failure(claimed, failure, caller)
-        raise azure_problem(
-            failure,
-            leaseId=lease_id,
-            leaseStatus=failed.data["status"],
-            nextAttemptAt=failed.data["nextAttemptAt"],
-        ) from None
-    detail = f"revoked by {caller.name}" + (f" ({reason})" if reason else "")
-    return lease_out(await complete_revoke(claimed, caller.id, caller, detail=detail))

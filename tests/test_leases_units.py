@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.errors import Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
-from leases import provider, service, store
+from leases import dynamic_secrets, provider, service, store
 from leases.provider import AzureFailure, EntraUser
 from tests.azure_fake.graph import password_complexity_error
 
@@ -47,7 +47,7 @@ def user(upn: str, nickname: str | None = None) -> EntraUser:
     ],
 )
 def test_dynamic_secret_names(prefix: str, entra_user: EntraUser, name: str) -> None:
-    derived = service.derive_name(prefix.lower(), entra_user)
+    derived = dynamic_secrets.derive_name(prefix.lower(), entra_user)
     assert derived == name
     assert len(derived) <= 63
     assert service._NAME.match(derived)
