@@ -21,7 +21,7 @@ RUNS = 15
 ENV = {
     **os.environ,
     "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
-    "LOCAL_API_TOKEN": "t",
+    "LOCAL_API_TOKEN": "t" * 32,
     "AUTH_MODE": "local",
 }
 
