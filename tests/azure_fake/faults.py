@@ -17,7 +17,7 @@ from typing import Any
 
 from .state import iso, new_id, utcnow
 
-SERVICES = ("token", "graph", "keyvault", "devops")
+SERVICES = ("token", "graph", "keyvault", "devops", "eventgrid")
 SERVICE_ALIASES = {"entra": "token", "aad": "token", "kv": "keyvault", "vault": "keyvault", "ado": "devops"}
 KINDS = ("429", "503", "500", "timeout", "delay", "lost")
 

@@ -460,6 +460,7 @@ class FakeState:
             "https://management.azure.com": "arm",
             "https://management.core.windows.net": "arm",
             "https://storage.azure.com": "storage",
+            "https://eventgrid.azure.net": "eventgrid",
         }
         if lowered in fixed:
             return Resource(fixed[lowered], norm)
