@@ -97,8 +97,10 @@ _stats: Counter[str] = Counter()
 
 
 def stats() -> dict[str, int]:
-    """Counters since start: queued, published, failed (send errors), dropped (queue full, no loop)."""
-    return {key: _stats[key] for key in ("queued", "published", "failed", "dropped", "refused_fields")}
+    """Counters since start: queued, published, failed (send errors), dropped (queue full, no loop),
+    refused_fields (secret-like names dropped), incomplete (an event without a contract field)."""
+    keys = ("queued", "published", "failed", "dropped", "refused_fields", "incomplete")
+    return {key: _stats[key] for key in keys}
 
 
 def _clean(fields: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +120,10 @@ def emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     """Log one domain event (warning level for failures the Portal should alert on) and, for the
     types in TYPES with a topic configured, queue it for Event Grid."""
     body = {"event": event, **_clean(fields)}
+    lacking = [name for name in FIELDS.get(event, ()) if name not in body and name != "managedBy"]
+    if lacking:  # the alerts and the workbook read these (tests/test_kql.py); a gap is a bug
+        _stats["incomplete"] += 1
+        log.error("event %s lacks the field(s) %s that the Portal queries read", event, lacking)
     log.log(level, "%s%s", PREFIX, json.dumps(body, default=str, separators=(",", ":"), sort_keys=True))
     if event in TYPES and _topic() is not None:
         _enqueue(cloud_event(event, body))

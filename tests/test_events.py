@@ -116,12 +116,20 @@ def test_no_event_carries_a_secret(fake_azure: Any, topic: str, caplog: pytest.L
     assert "dropped: an event never carries secret material" in caplog.text
 
 
+def test_an_event_without_its_contract_fields_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    before = events.stats()["incomplete"]
+    events.emit("rotation.failed", connectionId="c-9")  # no error: the alert's table would lack it
+    assert events.stats()["incomplete"] == before + 1
+    assert "event rotation.failed lacks the field(s) ['error']" in caplog.text
+
+
 def test_rotation_success_and_failure_reach_the_topic(
     fake_azure: Any,
     topic: str,
     broker: ServerHandle,
     connections: Connections,  # noqa: F811
 ) -> None:
+    before = events.stats()
     good = make_app(fake_azure)
     created = connections.create(good)
     assert created["rotation"]["status"] == "scheduled"
@@ -134,6 +142,7 @@ def test_rotation_success_and_failure_reach_the_topic(
         return [e for e in found if e["data"].get("connectionId") in ids]
 
     arrived = mine(_wait_for(lambda: fake_azure.topic_events(topic), lambda f: len(mine(f)) >= 2))
+    assert events.stats()["incomplete"] == before["incomplete"], "the rotator left out a contract field"
     by_type = {e["type"]: e for e in arrived}
     assert set(by_type) == {"Broker.ConnectionRotation.Succeeded", "Broker.ConnectionRotation.Failed"}
     succeeded = by_type["Broker.ConnectionRotation.Succeeded"]
