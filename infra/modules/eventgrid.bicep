@@ -17,6 +17,11 @@ resource topic 'Microsoft.EventGrid/topics@2025-02-15' = {
   name: name
   location: location
   tags: tags
+  // Its own identity, for identity-based delivery (Service Bus, Event Hubs, dead-letter storage)
+  // from the subscriptions teams add.
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
     inputSchema: 'CloudEventSchemaV1_0'
     disableLocalAuth: true
