@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core import events
+from core import events, telemetry
 
 log = logging.getLogger("broker.jobs")
 
@@ -40,6 +40,7 @@ def resolve(step: str) -> JobFn:
 
 async def run_job(job: Job) -> dict[str, Any]:
     """Run every step of a job, each isolated from the others' failures; return the summary."""
+    telemetry.start()  # dependency tracing, configured in the background on first use
     started = time.perf_counter()
     summary: dict[str, Any] = {}
     failed: list[str] = []
