@@ -49,7 +49,7 @@ PER_TENANT = 100
 TENANT_LIMIT = 20.0  # Graph requests per second per tenant
 HARD_LIMIT = 0.2  # the throttled tenant's
 SWEEP_INTERVAL_S = 60.0
-TOKEN = "bench-leases-token"  # noqa: S105 (the local static token of this throwaway stack)
+TOKEN = "bench-leases-token-of-at-least-32-characters"  # noqa: S105 (the local static token of this throwaway stack)
 
 
 def _environment(fake: Any, azurite: Any, port: int) -> None:
