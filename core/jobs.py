@@ -76,9 +76,7 @@ async def run_job(job: Job, *, past_due: bool = False) -> dict[str, Any]:
             summary[name] = await resolve(name)()
         except Exception as error:
             failed.append(name)
-            log.error(
-                "job %s step %s failed: %s\n%s", job.name, name, type(error).__name__, _stack(error)
-            )
+            log.error("job %s step %s failed: %s\n%s", job.name, name, type(error).__name__, _stack(error))
     elapsed = time.perf_counter() - started
     if failed:
         log.error("job %s failed in %.3fs: steps failed: %s; %s", job.name, elapsed, failed, summary)

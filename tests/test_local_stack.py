@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.azurite import free_port
+from tests.azurite import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
