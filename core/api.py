@@ -137,7 +137,10 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 def create_app(routers: Sequence[APIRouter]) -> FastAPI:
     """The API with the given domain routers (health and audit are always on)."""
+    from fastapi import Depends
+
     from core import audit, health
+    from core.deps import safe_path_ids
     from core.errors import install_problem_handlers
 
     # azure-core logs every request's headers at INFO: noise (and cost) in Application Insights.
@@ -150,6 +153,7 @@ def create_app(routers: Sequence[APIRouter]) -> FastAPI:
         openapi_url="/api/openapi.json",
         redoc_url=None,
         lifespan=_lifespan,
+        dependencies=[Depends(safe_path_ids)],
     )
     install_problem_handlers(app)
     for router in (health.router, audit.router, *routers):
