@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +53,28 @@ import function_app
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 uvicorn.run(function_app.api, host="127.0.0.1", port=int(sys.argv[1]), log_level="info")
+"""
+
+
+CLIENTS_SCRIPT = """
+import asyncio, gc, sys
+
+async def use_every_core_client() -> None:
+    from core import azure_clients, secret_store, tables
+    await tables.ping()
+    await secret_store.secret_store().ping()  # the broker credential and the SecretClient
+    await (await azure_clients.http_client()).get(sys.argv[1])
+
+async def main() -> None:
+    from core import azure_clients, secret_store, tables
+    await use_every_core_client()
+    for module in (azure_clients, secret_store, tables):  # settings changed, as the benches do
+        module.reset_clients()
+    await use_every_core_client()
+
+asyncio.run(main())  # ends without close_all, as a bench or a script does
+gc.collect()
+print("ended", file=sys.stderr)
 """
 
 
@@ -123,3 +146,19 @@ def test_a_stopped_broker_leaves_no_client_session_open(
     assert "Application shutdown complete" in output, output
     assert "Unclosed" not in output, output
     assert "ResourceWarning" not in output, output
+
+
+@pytest.mark.slow
+def test_a_loop_that_ends_closes_every_client_it_opened(broker: ServerHandle, fake_azure: Any) -> None:
+    """asyncio.run ending (benches, scripts) closes the clients, also those a settings reset set aside."""
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENTS_SCRIPT, fake_azure.authority_host],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ended" in done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr
