@@ -1,4 +1,4 @@
-"""The FastAPI app: middleware, error handlers, docs, and every domain's router.
+"""The FastAPI app: middleware (Edge, BodyLimit), error handlers, docs, and every domain's router.
 
 Built once per process by `create_app()`; `function_app.py` wraps it for the Functions host
 and the local runner serves it with uvicorn.
@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import PayloadTooLarge, render, unexpected
@@ -137,8 +137,6 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 def create_app(routers: Sequence[APIRouter]) -> FastAPI:
     """The API with the given domain routers (health and audit are always on)."""
-    from fastapi import Depends
-
     from core import audit, health
     from core.deps import safe_path_ids
     from core.errors import install_problem_handlers
