@@ -57,17 +57,17 @@ app = func.AsgiFunctionApp(app=http, http_auth_level=func.AuthLevel.ANONYMOUS)
 
 @app.timer_trigger(schedule="%ROTATION_SCHEDULE%", arg_name="timer", use_monitor=True)
 async def rotation_timer(timer: func.TimerRequest) -> None:
-    await run_job(ROTATION)
+    await run_job(ROTATION, past_due=timer.past_due)
 
 
 @app.timer_trigger(schedule="%EXPIRY_SWEEP_SCHEDULE%", arg_name="timer", use_monitor=True)
 async def lease_expiry_timer(timer: func.TimerRequest) -> None:
-    await run_job(LEASE_EXPIRY)
+    await run_job(LEASE_EXPIRY, past_due=timer.past_due)
 
 
 @app.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", use_monitor=True)
 async def reconcile_timer(timer: func.TimerRequest) -> None:
-    await run_job(RECONCILE)
+    await run_job(RECONCILE, past_due=timer.past_due)
 
 
 def __getattr__(name: str) -> Any:

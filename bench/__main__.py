@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+import tests.table_stats  # noqa: F401  (installs the table operation counters the benches print)
 from bench.table import render
 
 MODULES = ["bench.cold_start", "bench.rotation", "bench.leases"]

@@ -355,8 +355,8 @@ def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
 
 
 def run() -> list[Table]:
-    from core.azurite import free_port, start_azurite
     from tests.azure_fake import start_fake_azure
+    from tests.azurite import free_port, start_azurite
     from tests.harness import serve_in_thread
 
     with tempfile.TemporaryDirectory(prefix="bench-leases-") as location:

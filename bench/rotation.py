@@ -304,8 +304,8 @@ async def _due_among_many(fake: Any) -> list[Table]:
 
 
 def run() -> list[Table]:
-    from core.azurite import start_azurite
     from tests.azure_fake import start_fake_azure
+    from tests.azurite import start_azurite
 
     with tempfile.TemporaryDirectory(prefix="bench-rotation-") as location:
         azurite = start_azurite(Path(location), log_file=Path(location) / "azurite.log")

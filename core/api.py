@@ -1,4 +1,4 @@
-"""The FastAPI app: middleware, error handlers, docs, and every domain's router.
+"""The FastAPI app: middleware (Edge, BodyLimit), error handlers, docs, and every domain's router.
 
 Built once per process by `create_app()`; `function_app.py` wraps it for the Functions host
 and the local runner serves it with uvicorn.
@@ -7,12 +7,13 @@ and the local runner serves it with uvicorn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import problem_response
+from core.errors import PayloadTooLarge, render, unexpected
 from core.request_context import new_request_id, request_id
 
 MAX_BODY_BYTES = 256 * 1024
@@ -62,13 +63,46 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            413,
-            "Payload too large",
-            f"The request body is larger than {self.limit} bytes.",
-            code="payload-too-large",
-        )
+        response = render(PayloadTooLarge(f"The request body is larger than {self.limit} bytes."))
         await response(scope, receive, send)
+
+
+class Edge:
+    """The outermost middleware: a request id on every response, and the last word on errors.
+
+    An exception that escapes the app is logged by type (core.errors.unexpected) and answered
+    with a 500 here, so it never reaches Starlette's ServerErrorMiddleware, uvicorn or the
+    Functions host, which would log its traceback with the exception's text.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        rid = new_request_id(incoming or None)
+        token = request_id.set(rid)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            response = unexpected(error, scope.get("method", ""), scope.get("path", ""))
+            if not started:
+                await response(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
 
 
 class LazyApp:
@@ -92,9 +126,19 @@ class LazyApp:
         await self.app(scope, receive, send)
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """When the server stops, close every SDK client this loop opened (no session left open)."""
+    yield
+    from core.loop_cache import close_all
+
+    await close_all()
+
+
 def create_app(routers: Sequence[APIRouter]) -> FastAPI:
     """The API with the given domain routers (health and audit are always on)."""
     from core import audit, health
+    from core.deps import safe_path_ids
     from core.errors import install_problem_handlers
 
     # azure-core logs every request's headers at INFO: noise (and cost) in Application Insights.
@@ -106,21 +150,13 @@ def create_app(routers: Sequence[APIRouter]) -> FastAPI:
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
         redoc_url=None,
+        lifespan=_lifespan,
+        dependencies=[Depends(safe_path_ids)],
     )
     install_problem_handlers(app)
     for router in (health.router, audit.router, *routers):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        token = request_id.set(new_request_id(request.headers.get("x-request-id")))
-        try:
-            response = await call_next(request)
-        finally:
-            rid = request_id.get()
-            request_id.reset(token)
-        response.headers["x-request-id"] = rid
-        return response
-
     app.add_middleware(BodyLimit)
+    app.add_middleware(Edge)  # added last: outermost
     return app

@@ -1,14 +1,18 @@
 """Caller authentication: Entra ID access tokens for the broker's API app, or a local static token.
 
 Entra tokens are verified against the tenant's signing keys, found by OIDC discovery under
-AZURE_AUTHORITY_HOST and cached; an unknown `kid` (key rollover) refreshes the keys at most
-once per `JWKS_MIN_REFRESH_SECONDS`. Only RS256 is accepted, whatever the token's header says.
+AZURE_AUTHORITY_HOST and cached for an hour; an unknown `kid` (key rollover) refreshes them, and
+no refresh is tried more than once per `JWKS_MIN_REFRESH_SECONDS`. A refresh that fails keeps
+the cached keys (stale while error): an Entra blip must not turn every request into a 503.
+Only RS256 is accepted, whatever the token's header says, and only access tokens: an ID token
+of the same app registration (same `aud`) carries no `azp` and no `scp`/`roles`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,6 +26,7 @@ from core.settings import get_settings
 JWKS_TTL_SECONDS = 3600
 JWKS_MIN_REFRESH_SECONDS = 30
 CLOCK_SKEW_SECONDS = 60
+log = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
@@ -58,7 +63,8 @@ def _challenge(detail: str) -> Unauthorized:
 class _Keys:
     issuer: str = ""
     keys: dict[str, Any] = field(default_factory=dict)
-    fetched_at: float = 0.0
+    fetched_at: float = 0.0  # last successful refresh
+    attempted_at: float = -JWKS_MIN_REFRESH_SECONDS  # last refresh tried, successful or not
     lock: asyncio.Lock | None = None
 
 
@@ -76,15 +82,17 @@ async def _fetch_keys() -> None:
     try:
         discovery = (await client.get(base)).raise_for_status().json()
         jwks = (await client.get(discovery["jwks_uri"])).raise_for_status().json()
+        issuer = str(discovery["issuer"])
+        keys = {
+            jwk["kid"]: jwt.PyJWK(jwk, algorithm="RS256").key
+            for jwk in jwks.get("keys", [])
+            if jwk.get("kty") == "RSA" and jwk.get("kid")
+        }
     except Exception as error:
         raise Unavailable(
             f"cannot load the token signing keys from Entra ID ({type(error).__name__})"
         ) from None
-    keys: dict[str, Any] = {}
-    for jwk in jwks.get("keys", []):
-        if jwk.get("kty") == "RSA" and jwk.get("kid"):
-            keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256").key
-    _cache.issuer = discovery["issuer"]
+    _cache.issuer = issuer
     _cache.keys = keys
     _cache.fetched_at = time.monotonic()
 
@@ -93,20 +101,36 @@ async def _signing_key(kid: str) -> Any:
     if _cache.lock is None:
         _cache.lock = asyncio.Lock()
     async with _cache.lock:
-        age = time.monotonic() - _cache.fetched_at
-        stale = not _cache.keys or age > JWKS_TTL_SECONDS
-        rollover = kid not in _cache.keys and age > JWKS_MIN_REFRESH_SECONDS
-        if stale or rollover:
-            await _fetch_keys()
+        now = time.monotonic()
+        stale = not _cache.keys or now - _cache.fetched_at > JWKS_TTL_SECONDS
+        rollover = kid not in _cache.keys
+        may_try = now - _cache.attempted_at > JWKS_MIN_REFRESH_SECONDS
+        if (stale or rollover) and may_try:
+            _cache.attempted_at = now
+            try:
+                await _fetch_keys()
+            except Unavailable:
+                if not _cache.keys:
+                    raise
+                log.warning(
+                    "signing key refresh failed; using the keys cached %.0fs ago", now - _cache.fetched_at
+                )
+        elif not _cache.keys:
+            wait = int(JWKS_MIN_REFRESH_SECONDS - (now - _cache.attempted_at)) + 1
+            raise Unavailable(
+                "cannot load the token signing keys from Entra ID; try again shortly",
+                headers={"Retry-After": str(wait)},
+            )
     if kid not in _cache.keys:
         raise _challenge("the token is signed by a key the tenant does not publish")
     return _cache.keys[kid]
 
 
-def reset_key_cache() -> None:
-    """Forget cached signing keys (tests, or settings changed)."""
-    global _cache
-    _cache = _Keys()
+def _access_token_only(claims: dict[str, Any]) -> None:
+    """Refuse ID tokens: Entra access tokens name the client (`azp`, v1 `appid`) and carry
+    delegated scopes (`scp`) or app roles (`roles`); an ID token carries neither client claim."""
+    if not (claims.get("azp") or claims.get("appid")) or not (claims.get("scp") or claims.get("roles")):
+        raise _challenge("this is not an access token (an ID token?); request an access token for this API")
 
 
 async def _entra_caller(token: str) -> Caller:
@@ -140,6 +164,7 @@ async def _entra_caller(token: str) -> Caller:
         raise _challenge("the token was issued by another tenant or authority") from None
     except jwt.PyJWTError:
         raise _challenge("the token signature or claims are invalid") from None
+    _access_token_only(claims)
     roles = frozenset(Role(r) for r in claims.get("roles", []) if r in Role._value2member_map_)
     subject = str(claims.get("oid") or claims.get("sub"))
     name = str(claims.get("preferred_username") or claims.get("name") or claims.get("azp") or subject)

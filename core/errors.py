@@ -1,12 +1,14 @@
 """Errors as RFC 9457 problem+json, raised by services and rendered by one set of handlers.
 
 Every 4xx/5xx the API answers goes through `problem_response`, so no handler can leak
-a stack trace or an exception's text that might hold a secret.
+a stack trace or an exception's text that might hold a secret; unexpected errors are logged
+by type and stack, never by their text (`unexpected`).
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,22 +175,33 @@ def _http_problem(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _domain_problem(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Problem)
+def render(problem: Problem) -> JSONResponse:
+    """The problem+json response for a Problem (handlers and middleware both answer with it)."""
     return problem_response(
-        exc.status,
-        exc.title,
-        exc.detail,
-        code=exc.code,
-        errors=exc.errors,
-        headers=exc.headers,
-        extra=exc.extra,
+        problem.status,
+        problem.title,
+        problem.detail,
+        code=problem.code,
+        errors=problem.errors,
+        headers=problem.headers,
+        extra=problem.extra,
     )
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # The exception's text may carry anything (a URL with a token, a secret): log its type only.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+def _domain_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return render(exc)
+
+
+def unexpected(error: BaseException, method: str, path: str) -> JSONResponse:
+    """Log an unhandled error by type and stack only, and answer a bare 500.
+
+    The exception's text (and any it was raised from) may carry anything, a URL with a token or
+    a secret, so neither the log nor the response shows it; `core.api.Edge` calls this so the
+    error never reaches the server's own traceback logging either.
+    """
+    stack = "".join(traceback.format_tb(error.__traceback__)).rstrip()
+    log.error("unhandled %s on %s %s\n%s", type(error).__name__, method, path, stack)
     return problem_response(
         500, "Internal error", "The broker hit an unexpected error; it was logged.", code="internal-error"
     )
@@ -199,4 +212,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.add_exception_handler(Problem, _domain_problem)
-    app.add_exception_handler(Exception, _unexpected)
+    # Anything else is caught by core.api.Edge, outside Starlette's ServerErrorMiddleware, which
+    # would re-raise it to the server (and its traceback, message included, to the logs).

@@ -33,8 +33,8 @@ async def _loop(job: Job) -> None:
         await asyncio.sleep((due - now).total_seconds())
         try:
             await run_job(job)
-        except Exception as error:
-            log.warning("timer %s failed: %s", job.name, error)
+        except Exception as error:  # run_job logged each failed step; keep the schedule going
+            log.warning("timer %s failed: %s", job.name, type(error).__name__)
 
 
 async def run_timers(jobs: Sequence[Job]) -> None:

@@ -56,15 +56,35 @@ class LocalSecretStore:
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
+        self._cached_key: bytes | None = None
 
     def _key(self) -> bytes:
+        """The store's key, made on first use so that concurrent first uses agree on one.
+
+        The key is written whole to a private temporary file and then hard-linked to `.key`,
+        which fails if `.key` exists: no reader ever sees a partial key, exactly one creator
+        wins, and the others read the winner's.
+        """
+        if self._cached_key is not None:
+            return self._cached_key
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._dir / ".key"
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = self._dir / f".key-{random.token_hex(8)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(random.token_bytes(32))
-        return path.read_bytes()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process or task won; use its key
+            finally:
+                tmp.unlink()
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise Unavailable(f"the local secret store key {path} is damaged (not 32 bytes)")
+        self._cached_key = key
+        return key
 
     def _path(self, name: str) -> Path:
         if not _NAME.match(name):

@@ -3,13 +3,14 @@
 Every write of an existing row carries the ETag it read (`IfNotModified`); a lost race is
 `ConcurrencyConflict`, never a silent overwrite. Rows are plain dicts of JSON-able values;
 times are stored as ISO strings so that RowKey/property order is time order.
-Counters (`stats`) let benchmarks print how many operations and entities a job cost.
+Benchmarks and tests count operations through `observe()` (tests/table_stats.py installs the
+counter); with no observer, which is production, that costs one empty loop per operation.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.errors import Conflict
@@ -45,25 +46,22 @@ class Row:
     etag: str | None = None
 
 
-@dataclass
-class TableStats:
-    """Operation counters, for benchmarks (cost per rotation, entities read per sweep)."""
+TableObserver = Callable[[str | None, int], None]
+"""Told of each operation: its kind and the entities it read; kind None = more entities of a query."""
 
-    operations: int = 0
-    entities_read: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
-
-    def count(self, kind: str, read: int = 0) -> None:
-        self.operations += 1
-        self.entities_read += read
-        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
-
-    def reset(self) -> None:
-        self.operations = self.entities_read = 0
-        self.by_kind = {}
+_observers: list[TableObserver] = []
 
 
-stats = TableStats()
+def observe(observer: TableObserver) -> None:
+    """Count table operations (benchmarks, tests); production installs none."""
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def _note(kind: str | None, read: int = 0) -> None:
+    for observer in _observers:
+        observer(kind, read)
+
 
 BatchOp = tuple[Literal["create", "upsert", "update", "delete"], str, str, Mapping[str, Any], str | None]
 
@@ -124,9 +122,9 @@ async def get(table: str, pk: str, rk: str) -> Row | None:
     try:
         entity = await client.get_entity(pk, rk)
     except ResourceNotFoundError:
-        stats.count("get")
+        _note("get")
         return None
-    stats.count("get", read=1)
+    _note("get", 1)
     return _row(table, entity)
 
 
@@ -135,7 +133,7 @@ async def insert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
     from azure.core.exceptions import ResourceExistsError
 
     client = await _client(table)
-    stats.count("insert")
+    _note("insert")
     try:
         meta = await client.create_entity(_entity(pk, rk, data))
     except ResourceExistsError:
@@ -150,7 +148,7 @@ async def replace(row: Row, data: Mapping[str, Any] | None = None) -> Row:
 
     client = await _client(row.table)
     new = dict(row.data if data is None else data)
-    stats.count("replace")
+    _note("replace")
     try:
         meta = await client.update_entity(
             _entity(row.pk, row.rk, new), mode=UpdateMode.REPLACE, **_match(row.etag)
@@ -169,7 +167,7 @@ async def upsert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
     from azure.data.tables import UpdateMode
 
     client = await _client(table)
-    stats.count("upsert")
+    _note("upsert")
     meta = await client.upsert_entity(_entity(pk, rk, data), mode=UpdateMode.REPLACE)
     return Row(table, pk, rk, dict(data), meta.get("etag"))
 
@@ -179,7 +177,7 @@ async def delete(table: str, pk: str, rk: str, etag: str | None = None) -> None:
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     client = await _client(table)
-    stats.count("delete")
+    _note("delete")
     try:
         await client.delete_entity(pk, rk, **_match(etag))
     except ResourceNotFoundError:
@@ -202,14 +200,14 @@ async def query(
 ) -> AsyncIterator[Row]:
     """Rows matching an OData filter, with `@name` parameters (never string-built values)."""
     client = await _client(table)
-    stats.count("query")
+    _note("query")
     pages = client.query_entities(
         filter, parameters=dict(parameters or {}), select=select, results_per_page=page_size
     ).by_page()
     seen = 0
     async for page in pages:
         async for entity in page:
-            stats.entities_read += 1
+            _note(None, 1)
             yield _row(table, entity)
             seen += 1
             if limit is not None and seen >= limit:
@@ -241,7 +239,7 @@ async def batch(table: str, operations: Iterable[BatchOp]) -> None:
     if len(ops) > 100:
         raise ValueError("a table transaction holds at most 100 operations")
     client = await _client(table)
-    stats.count("batch")
+    _note("batch")
     try:
         await client.submit_transaction(ops)
     except TableTransactionError as error:

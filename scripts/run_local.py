@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
 sys.path.insert(0, str(ROOT))
 
-from core.azurite import start_azurite  # noqa: E402
+from tests.azurite import start_azurite  # noqa: E402
 
 HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "7071"))
 

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core.azurite import Azurite, free_port, start_azurite
+import tests.table_stats  # noqa: F401  (installs the table operation counters)
+from tests.azurite import Azurite, free_port, start_azurite
 from tests.harness import ServerHandle, serve_in_thread
 
 API_AUDIENCE = "api://azure-credential-broker"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -100,7 +101,7 @@ def test_key_rollover_refreshes_the_keys_once(
 
     assert call(broker, token()).status_code == 200  # keys cached
     fake_azure.rotate_signing_key()
-    auth._cache.fetched_at -= auth.JWKS_MIN_REFRESH_SECONDS + 1  # the last refresh was a while ago
+    auth._cache.attempted_at -= auth.JWKS_MIN_REFRESH_SECONDS + 1  # the last refresh was a while ago
     before = fake_azure.request_count("token", path_pattern="keys")
     fresh = token()
     assert call(broker, fresh).status_code == 200
@@ -150,3 +151,67 @@ def local_mode(broker: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> Iterato
 def test_local_mode_accepts_only_the_static_token_as_admin(broker: ServerHandle, local_mode: str) -> None:
     assert call(broker, local_mode).status_code == 200
     assert "LOCAL_API_TOKEN" in assert_problem(call(broker, local_mode + "x"), 401)["detail"]
+
+
+def _id_token_claims(**extra: Any) -> dict[str, Any]:
+    """What the stand-in's (and Entra's v2) ID token adds to the base claims: no azp, no scp."""
+    return {
+        "azp": None,
+        "azpacr": None,
+        "name": "Alice",
+        "preferred_username": "alice@broker.example.com",
+        "nonce": "n-0S6_WzA2Mj",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("roles", [[], ["Broker.Admin"]], ids=["no-roles", "with-app-roles"])
+def test_an_id_token_for_the_same_app_is_not_an_access_token(
+    broker: ServerHandle, token: Callable[..., str], roles: list[str]
+) -> None:
+    """Same audience, same tenant, validly signed: still 401 (ID tokens may carry app roles too)."""
+    id_token = token(roles, extra_claims=_id_token_claims())
+    assert "not an access token" in assert_problem(call(broker, id_token), 401)["detail"]
+
+
+def test_a_delegated_access_token_with_scopes_is_accepted_but_needs_a_role(
+    broker: ServerHandle, token: Callable[..., str]
+) -> None:
+    delegated = token([], extra_claims={"scp": "access_as_user"})
+    assert "Broker.Admin" in assert_problem(call(broker, delegated), 403)["detail"]
+
+
+def test_a_failed_key_refresh_keeps_the_cached_keys(
+    broker: ServerHandle, token: Callable[..., str], fake_azure: Any
+) -> None:
+    """After the hour, Entra failing must not make every request a 503; one retry per 30 s."""
+    from core import auth
+
+    assert call(broker, token()).status_code == 200  # keys cached
+    auth._cache.fetched_at -= auth.JWKS_TTL_SECONDS + 1
+    auth._cache.attempted_at -= auth.JWKS_TTL_SECONDS + 1
+    fake_azure.inject("token", "503", count=None, path_pattern="openid-configuration")
+    before = fake_azure.request_count("token", path_pattern="openid-configuration")
+    for _ in range(3):
+        assert call(broker, token()).status_code == 200
+    assert fake_azure.request_count("token", path_pattern="openid-configuration") == before + 1
+    fake_azure.reset_faults()
+    auth._cache.attempted_at -= auth.JWKS_MIN_REFRESH_SECONDS + 1  # 30 s later: tries again, succeeds
+    assert call(broker, token()).status_code == 200
+    assert time.monotonic() - auth._cache.fetched_at < 5  # refreshed
+
+
+def test_no_keys_at_all_is_503_and_retried_at_most_every_30s(
+    broker: ServerHandle, token: Callable[..., str], fake_azure: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import auth
+
+    monkeypatch.setattr(auth, "_cache", auth._Keys())
+    fake_azure.inject("token", "503", count=None, path_pattern="openid-configuration")
+    before = fake_azure.request_count("token", path_pattern="openid-configuration")
+    first = call(broker, token())
+    assert_problem(first, 503)
+    second = call(broker, token())
+    assert_problem(second, 503)
+    assert 0 < int(second.headers["retry-after"]) <= auth.JWKS_MIN_REFRESH_SECONDS + 1
+    assert fake_azure.request_count("token", path_pattern="openid-configuration") == before + 1

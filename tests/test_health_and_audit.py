@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
+import pytest
 
 from core import audit, clock
 from core.auth import Caller, Role
@@ -67,3 +68,42 @@ def test_audit_bad_range_is_422(api: httpx.Client) -> None:
     )
     assert_problem(api.get("/api/v1/audit-logs", params={"limit": "0"}), 422, "limit")
     assert_problem(api.get("/api/v1/audit-logs", params={"since": "yesterday"}), 422, "since")
+
+
+def _at(moment: datetime, offset_hours: int) -> str:
+    return moment.astimezone(timezone(timedelta(hours=offset_hours))).isoformat()
+
+
+@pytest.mark.parametrize(("utc_hour", "offset"), [(12, +14), (2, -12), (12, 0)])
+def test_audit_days_are_utc_whatever_the_offset_of_the_range(
+    broker: ServerHandle, api: httpx.Client, utc_hour: int, offset: int
+) -> None:
+    """+14:00 and -12:00 put the range on another local day; the partitions are UTC days."""
+    caller = Caller(id="user-3", name="carol", roles=frozenset({Role.ADMIN}))
+    resource = f"tz-{utc_hour}-{offset}"
+    moment = (clock.now() - timedelta(days=2)).replace(hour=utc_hour, minute=0, second=0, microsecond=0)
+    clock.advance(moment - clock.now())
+    broker.run(audit.record(caller, "test.tz", "thing", resource))
+    clock.reset()
+    params = {
+        "resourceId": resource,
+        "since": _at(moment - timedelta(hours=1), offset),
+        "until": _at(moment + timedelta(hours=1), offset),
+    }
+    items = api.get("/api/v1/audit-logs", params=params).json()["items"]
+    assert [i["action"] for i in items] == ["test.tz"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"until": "0001-01-01T00:00:00Z"}, "until"),
+        ({"since": "0001-01-01T00:00:00+14:00", "until": "2026-01-01T00:00:00Z"}, "since"),
+        ({"until": "9999-12-31T23:59:59-12:00"}, "until"),
+        ({"since": "2026-01-01T00:00:00"}, "since"),
+    ],
+)
+def test_audit_times_out_of_range_are_422_naming_the_parameter(
+    api: httpx.Client, params: dict[str, str], field: str
+) -> None:
+    assert_problem(api.get("/api/v1/audit-logs", params=params), 422, field)

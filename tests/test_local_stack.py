@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.azurite import free_port
+from tests.azurite import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +68,8 @@ def test_local_stack_serves_health_docs_and_runs_timers(tmp_path: Path) -> None:
         assert "job rotation finished" in output
         assert "job lease_expiry finished" in output
         assert "job reconcile finished" in output
+        failures = [line for line in output.splitlines() if "broker.jobs" in line and "failed" in line]
+        assert not failures, output  # no step of any job failed
         assert f"API docs: {base}/api/docs" in output
         assert token in output  # the local token is printed for the user
     finally:
@@ -78,5 +80,6 @@ def test_local_stack_serves_health_docs_and_runs_timers(tmp_path: Path) -> None:
             process.kill()
     output = Path(log.name).read_text()
     assert "stopped." in output
+    assert "Unclosed" not in output, output  # every client closed when the runner stopped
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{table_port}/", timeout=2)  # Azurite stopped with it

@@ -12,8 +12,8 @@ from pydantic import Field
 
 from core.api import MAX_BODY_BYTES, create_app
 from core.auth import Caller, Role, require
-from core.azurite import free_port
 from core.models import ApiModel, RequestModel
+from tests.azurite import free_port
 from tests.harness import ServerHandle, assert_problem, serve_in_thread
 
 

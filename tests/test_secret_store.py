@@ -46,6 +46,51 @@ def test_local_store_delete_and_missing(tmp_path: Path) -> None:
         asyncio.run(store.get("gone"))
 
 
+def test_two_first_uses_at_once_agree_on_one_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two stores on one directory (two processes) both making the key: both pause right after
+    deciding to create it, so each has seen no key; exactly one key wins and each reads the other's."""
+    import contextlib
+    import secrets
+    import threading
+
+    from core import secret_store
+
+    both_creating = threading.Barrier(2, timeout=2)
+    made: list[bytes] = []
+    token_bytes = secrets.token_bytes
+
+    def key_bytes(n: int) -> bytes:
+        value = token_bytes(n)
+        if n == 32:
+            made.append(value)
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other saw a key already
+                both_creating.wait()
+        return value
+
+    monkeypatch.setattr(secret_store.random, "token_bytes", key_bytes)
+    first, second = LocalSecretStore(tmp_path), LocalSecretStore(tmp_path)
+    errors: list[BaseException] = []
+
+    def write(store: LocalSecretStore, name: str) -> None:
+        try:
+            asyncio.run(store.set(name, f"value of {name}"))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=a) for a in ((first, "one"), (second, "two"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not errors
+    assert len(made) == 2  # both really raced to create it
+    assert (tmp_path / ".key").read_bytes() in made
+    assert asyncio.run(second.get("one")) == "value of one"
+    assert asyncio.run(first.get("two")) == "value of two"
+    assert asyncio.run(LocalSecretStore(tmp_path).get("one")) == "value of one"  # a third process
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".key", "one.bin", "two.bin"]
+
+
 def test_secret_names_fit_key_vault() -> None:
     assert secret_name("conn", "a_b.c", "refresh-token") == "conn-a-b-c-refresh-token"
     with pytest.raises(ValueError, match="not valid"):

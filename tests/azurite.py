@@ -1,6 +1,7 @@
 """Start and stop Azurite's Table service (the local stand-in for Table Storage).
 
-Shared by `make run` and the test suite so both start it the same way.
+Shared by `make run`, the benchmarks and the test suite so all start it the same way. It lives
+under tests/ so that it never ships in the Functions package.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 ACCOUNT = "devstoreaccount1"
 # Azurite's published development key (not a secret: the same in every Azurite install).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 
 @dataclass
@@ -57,7 +58,7 @@ def start_azurite(location: Path, port: int | None = None, log_file: Path | None
     port = port or free_port()
     location.mkdir(parents=True, exist_ok=True)
     out = log_file.open("ab") if log_file else subprocess.DEVNULL
-    process = subprocess.Popen(  # noqa: S603 (our own fixed argv)
+    process = subprocess.Popen(
         [
             executable(),
             "--tableHost",
