@@ -39,6 +39,13 @@ def seed_demo(fake: FakeAzure) -> dict[str, Any]:
     alice = fake.add_user(tenant, "alice@contoso.example", "Alice-Passw0rd!", "Alice")
     org = fake.add_devops_org("contoso", projects=5, tenant=tenant, members=[rotated, admin])
     pat = fake.add_pat(org, scopes=["vso.project", "vso.variablegroups_manage"])
+    target = fake.add_application(tenant, "web-app (secret rotation target)")
+    fake.add_owner(target, rotated)
+    vault = fake.add_vault("apps", tenant)
+    fake.grant_vault(vault, rotated, "Key Vault Secrets Officer")
+    store = fake.add_app_config_store("config", tenant)
+    fake.grant_app_config(store, rotated, "App Configuration Data Owner")
+    group = fake.add_variable_group(org, org.projects[0].name, "web-secrets", {"Region": "westeurope"})
     api = fake.add_application(tenant, "broker-api", identifier_uris=["api://azure-credential-broker"])
     token = fake.mint_caller_token(tenant.id, "api://azure-credential-broker", roles=["Broker.Admin"])
     return {
@@ -55,6 +62,15 @@ def seed_demo(fake: FakeAzure) -> dict[str, Any]:
         },
         "users": {admin.user_principal_name: admin.id, alice.user_principal_name: alice.id},
         "devops": {"organization": org.name, "pat": pat},
+        "secret rotation target (owned by the rotated app)": {
+            "clientId": target.app_id,
+            "objectId": target.id,
+        },
+        "destinations (the rotated app holds the roles)": {
+            "vaultUrl": fake.vault_url(vault.name),
+            "appConfigEndpoint": fake.app_config_endpoint(store.name),
+            "variableGroup": f"{org.projects[0].name}/{group.name} (id {group.id})",
+        },
         "broker API app": {"clientId": api.app_id, "audience": "api://azure-credential-broker"},
         "caller token (Broker.Admin, 1 h)": token,
     }

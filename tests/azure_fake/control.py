@@ -81,6 +81,14 @@ ROUTES_HELP = {
         "{tenantId, audience, roles?, expiresIn?, issuer?, alg?, extraClaims?} -> {token}"
     ),
     "POST /_control/signing-keys/rotate": "{dropOld?} -> {kid}",
+    "POST /_control/applications/{appId}/owners": "{principal: appId|objectId}",
+    "POST /_control/vaults": "{name, tenant?} -> {url}",
+    "POST /_control/vaults/{name}/roles": "{principal: appId|objectId, role}",
+    "POST /_control/stores": "{name, tenant?} -> {endpoint}",
+    "POST /_control/stores/{name}/roles": "{principal: appId|objectId, role}",
+    "POST /_control/devops/organizations/{name}/variablegroups": (
+        "{project, name, variables?, secrets?} -> {id}"
+    ),
     "POST /_control/authorize": "{user?: id|upn, deny?}",
 }
 
@@ -347,3 +355,76 @@ async def authorize_behaviour(request: Request) -> Response:
         user_id = match.id
     _handle(request).set_authorize_behaviour(user_id, bool(body.get("deny", False)))
     return Response(status_code=204)
+
+
+def _principal(request: Request, ref: str) -> Any:
+    """An appId names an app (its service principal); anything else is an object id."""
+    return _state(request).find_application(ref.lower()) or ref
+
+
+@router.post("/applications/{app_id}/owners")
+async def add_owner(app_id: str, request: Request) -> Response:
+    app = _app_or_404(request, app_id)
+    if app is None:
+        return _bad("unknown appId", 404)
+    body = await _body(request)
+    _handle(request).add_owner(app, _principal(request, str(body["principal"])))
+    return Response(status_code=204)
+
+
+@router.post("/vaults")
+async def add_vault(request: Request) -> Response:
+    body = await _body(request)
+    fake = _handle(request)
+    try:
+        vault = fake.add_vault(str(body["name"]), body.get("tenant"))
+    except (KeyError, ValueError) as exc:
+        return _bad(f"invalid vault: {exc}")
+    return JSONResponse({"name": vault.name, "url": fake.vault_url(vault.name)}, status_code=201)
+
+
+@router.post("/vaults/{name}/roles")
+async def grant_vault(name: str, request: Request) -> Response:
+    body = await _body(request)
+    try:
+        _handle(request).grant_vault(name, _principal(request, str(body["principal"])), str(body["role"]))
+    except (KeyError, ValueError) as exc:
+        return _bad(f"invalid role assignment: {exc}")
+    return Response(status_code=204)
+
+
+@router.post("/stores")
+async def add_store(request: Request) -> Response:
+    body = await _body(request)
+    fake = _handle(request)
+    try:
+        store = fake.add_app_config_store(str(body["name"]), body.get("tenant"))
+    except (KeyError, ValueError) as exc:
+        return _bad(f"invalid store: {exc}")
+    return JSONResponse(
+        {"name": store.name, "endpoint": fake.app_config_endpoint(store.name)}, status_code=201
+    )
+
+
+@router.post("/stores/{name}/roles")
+async def grant_store(name: str, request: Request) -> Response:
+    body = await _body(request)
+    try:
+        _handle(request).grant_app_config(
+            name, _principal(request, str(body["principal"])), str(body["role"])
+        )
+    except (KeyError, ValueError) as exc:
+        return _bad(f"invalid role assignment: {exc}")
+    return Response(status_code=204)
+
+
+@router.post("/devops/organizations/{name}/variablegroups")
+async def add_variable_group(name: str, request: Request) -> Response:
+    body = await _body(request)
+    try:
+        group = _handle(request).add_variable_group(
+            name, str(body["project"]), str(body["name"]), body.get("variables"), body.get("secrets")
+        )
+    except (KeyError, ValueError) as exc:
+        return _bad(f"invalid variable group: {exc}")
+    return JSONResponse({"id": group.id, "name": group.name}, status_code=201)

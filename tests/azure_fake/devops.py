@@ -59,11 +59,27 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+SCOPE_LEVELS = ("", "_read", "_write", "_manage")
+
+
+def _scope_level(scope: str) -> tuple[str, int]:
+    for index in range(len(SCOPE_LEVELS) - 1, 0, -1):
+        if scope.endswith(SCOPE_LEVELS[index]):
+            return scope[: -len(SCOPE_LEVELS[index])], index
+    return scope, 0
+
+
 def has_scope(granted: set[str], needed: str) -> bool:
-    """`vso.project` is covered by vso.project, vso.project_write, vso.project_manage or a full-access PAT."""
+    """A scope covers its own and lower levels: `vso.variablegroups_manage` covers `_write` and
+    `_read`; `vso.project` is covered by vso.project, _write, _manage; a full-access PAT covers all."""
     if not needed or "app_token" in granted:
         return True
-    return any(s == needed or s.startswith(needed + "_") for s in granted)
+    base, level = _scope_level(needed)
+    for scope in granted:
+        have_base, have_level = _scope_level(scope)
+        if have_base == base and have_level >= level:
+            return True
+    return False
 
 
 def _org(state: FakeState, name: str) -> DevOpsOrg:
@@ -177,6 +193,23 @@ def _project(state: FakeState, org: DevOpsOrg, project: DevOpsProject) -> dict[s
     }
 
 
+def find_project(state: FakeState, org: DevOpsOrg, project: str) -> DevOpsProject:
+    """A project by id or name (case-insensitive); 404 TF200016 as the service answers."""
+    with state.lock:
+        match = next(
+            (p for p in org.projects if project in (p.id, p.name) or p.name.lower() == project.lower()),
+            None,
+        )
+    if match is None:
+        raise DevOpsError(
+            404,
+            f"TF200016: The following project does not exist: {project}. Verify that the name of the "
+            "project is correct and that the project exists on the specified Azure DevOps Server.",
+            "ProjectDoesNotExistWithNameException",
+        )
+    return match
+
+
 def request_base(state: FakeState) -> str:
     return state.devops_endpoint
 
@@ -211,19 +244,7 @@ async def list_projects(org: str, request: Request) -> Response:
 async def get_project(org: str, project: str, request: Request) -> Response:
     try:
         state, found = _guard(request, org, "vso.project")
-        with state.lock:
-            match = next(
-                (p for p in found.projects if project in (p.id, p.name) or p.name.lower() == project.lower()),
-                None,
-            )
-        if match is None:
-            raise DevOpsError(
-                404,
-                f"TF200016: The following project does not exist: {project}. Verify that the name of the "
-                "project is correct and that the project exists on the specified Azure DevOps Server.",
-                "ProjectDoesNotExistWithNameException",
-            )
-        return _json(_project(state, found, match))
+        return _json(_project(state, found, find_project(state, found, project)))
     except (DevOpsError, _SignInRedirect) as exc:
         return _answer_error(request, exc)
 

@@ -17,8 +17,15 @@ from typing import Any
 
 from .state import iso, new_id, utcnow
 
-SERVICES = ("token", "graph", "keyvault", "devops")
-SERVICE_ALIASES = {"entra": "token", "aad": "token", "kv": "keyvault", "vault": "keyvault", "ado": "devops"}
+SERVICES = ("token", "graph", "keyvault", "devops", "appconfig")
+SERVICE_ALIASES = {
+    "entra": "token",
+    "aad": "token",
+    "kv": "keyvault",
+    "vault": "keyvault",
+    "ado": "devops",
+    "appconfiguration": "appconfig",
+}
 KINDS = ("429", "503", "500", "timeout", "delay", "lost")
 
 
@@ -271,6 +278,15 @@ def keyvault_error(code: str, message: str, inner: str | None = None) -> dict[st
     return {"error": body}
 
 
+def appconfig_problem(kind: str, title: str, status: int, name: str | None = None) -> dict[str, Any]:
+    """App Configuration's problem+json error body (`type` under https://azconfig.io/errors/)."""
+    body: dict[str, Any] = {"type": f"https://azconfig.io/errors/{kind}", "title": title}
+    if name:
+        body["name"] = name
+    body["status"] = status
+    return body
+
+
 def devops_error(message: str, type_key: str, event_id: int = 3000) -> dict[str, Any]:
     return {
         "$id": "1",
@@ -313,6 +329,14 @@ def fault_body(service: str, status: int, request_id: str, client_request_id: st
         return keyvault_error(
             {500: "InternalServerError", 503: "ServiceUnavailable", 504: "GatewayTimeout"}[status],
             _FAULT_TEXT[str(status)],
+        )
+    if service == "appconfig":
+        return appconfig_problem(
+            {429: "too-many-requests", 500: "internal-error", 503: "service-unavailable", 504: "timeout"}[
+                status
+            ],
+            _FAULT_TEXT[str(status)],
+            status,
         )
     if service == "devops":
         if status == 429:

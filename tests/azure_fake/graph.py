@@ -427,6 +427,61 @@ async def remove_password(call: GraphCall) -> Response:
     return call.no_content()
 
 
+@graph_route("GET", APP_BY_ID + r"/owners")
+@graph_route("GET", APP_BY_APP_ID + r"/owners")
+async def list_owners(call: GraphCall) -> Response:
+    app = _application(call)
+    _can_read_app(call, app)
+    state = call.state
+    with state.lock:
+        owners: list[dict[str, Any]] = []
+        for oid in sorted(app.owners):
+            if oid in state.service_principals:
+                owners.append(
+                    {
+                        "@odata.type": "#microsoft.graph.servicePrincipal",
+                        **state.service_principals[oid].to_graph(),
+                    }
+                )
+            elif oid in state.users:
+                owners.append({"@odata.type": "#microsoft.graph.user", **state.users[oid].to_graph()})
+    return _paged(call, owners, "directoryObjects")
+
+
+@graph_route("POST", APP_BY_ID + r"/owners/\$ref")
+@graph_route("POST", APP_BY_APP_ID + r"/owners/\$ref")
+async def add_owner(call: GraphCall) -> Response:
+    app = _application(call)
+    _can_write_app(call, app)
+    ref = str(call.body.get("@odata.id") or "")
+    oid = ref.rstrip("/").rsplit("/", 1)[-1].lower()
+    state = call.state
+    with state.lock:
+        principal = state.service_principals.get(oid) or state.users.get(oid)
+        if principal is None or principal.tenant_id != app.tenant_id:
+            raise not_found(oid or ref)
+        if oid in app.owners:
+            raise bad_request(
+                "One or more added object references already exist for the following modified properties: "
+                "'owners'."
+            )
+        app.owners.add(oid)
+    return call.no_content()
+
+
+@graph_route("DELETE", APP_BY_ID + r"/owners/(?P<owner>[0-9a-fA-F-]{36})/\$ref")
+@graph_route("DELETE", APP_BY_APP_ID + r"/owners/(?P<owner>[0-9a-fA-F-]{36})/\$ref")
+async def remove_owner(call: GraphCall) -> Response:
+    app = _application(call)
+    _can_write_app(call, app)
+    oid = call.params["owner"].lower()
+    with call.state.lock:
+        if oid not in app.owners:
+            raise not_found(oid)
+        app.owners.discard(oid)
+    return call.no_content()
+
+
 # ------------------------------------------------------------------ service principals and roles
 
 
@@ -614,10 +669,12 @@ def _paged(call: GraphCall, items: Iterable[dict[str, Any]], context: str) -> Re
     all_items = list(items)
     q = call.request.query_params
     try:
-        top = max(1, min(999, int(q.get("$top", "100"))))
+        top = int(q.get("$top", "100"))
         skip = int(q.get("$skiptoken", "0"))
     except ValueError as exc:
         raise bad_request("Invalid paging parameter.", "BadRequest") from exc
+    if not 1 <= top <= 999:
+        raise bad_request(f"Invalid page size specified: '{top}'. Must be between 1 and 999 inclusive.")
     page = all_items[skip : skip + top]
     payload: dict[str, Any] = {"value": page}
     if skip + top < len(all_items):

@@ -1,7 +1,13 @@
 """Azure Key Vault secrets REST API (soft-delete enabled, 90 days recoverable).
 
-Served at the root of its own port (the SDK parses `{vault}/secrets/{name}/{version}` ids, so
-the vault cannot live under a path prefix); internally mounted under `/__vault`.
+Two ways in, one set of routes (internally mounted under `/__vault`):
+- the broker's vault, at the root of its own port (`key_vault_url`);
+- named vaults by path on the main port, `https://127.0.0.1:P/vaults/NAME`, each with its own
+  tenant, RBAC role assignments and soft-deleted secrets. `SecretClient` keeps the path for its
+  requests, but parses the ids in answers as `{scheme}://{host}/secrets/{name}/{version}` and
+  refuses any other path; so a named vault's ids are written at the host root
+  (`https://127.0.0.1:P/secrets/NAME/VERSION`): name and version parse right, the parsed
+  `vault_url` is the host, not the vault. Paging links keep the vault path.
 Unauthenticated requests get the 401 challenge real vaults send, naming the vault's tenant.
 """
 
@@ -11,6 +17,7 @@ import json
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,10 +25,19 @@ from fastapi.responses import JSONResponse, Response
 
 from .entra import InvalidToken, validate_access_token
 from .faults import keyvault_error
-from .state import KEYVAULT_APP_ID, KEYVAULT_RESOURCE, FakeState, SecretVersion, VaultSecret
+from .state import KEYVAULT_APP_ID, KEYVAULT_RESOURCE, FakeState, SecretVersion, Vault, VaultSecret
 
 PREFIX = "/__vault"
+VAULT_SCOPE_KEY = "azure_fake.vault"  # the request scope's named vault (absent: the broker vault)
 router = APIRouter(prefix=PREFIX)
+
+# The RBAC data action each kind of call needs (shown in 403 answers).
+ACTIONS = {
+    "list": "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
+    "read": "Microsoft.KeyVault/vaults/secrets/getSecret/action",
+    "write": "Microsoft.KeyVault/vaults/secrets/setSecret/action",
+    "purge": "Microsoft.KeyVault/vaults/secrets/purge/action",
+}
 
 NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 API_VERSION = re.compile(r"^(7\.\d+(-preview(\.\d+)?)?|\d{4}-\d{2}-\d{2}(-preview)?)$")
@@ -67,35 +83,45 @@ def _attributes(version: SecretVersion) -> dict[str, Any]:
     return attrs
 
 
+@dataclass
+class VaultCall:
+    """One authorized request: the vault and the URLs its answers use."""
+
+    state: FakeState
+    vault: Vault
+    id_base: str  # where ids point (the host root for named vaults: the SDK's id parser)
+    url: str  # the vault URL as the client uses it (paging links)
+
+
 def _bundle(
-    state: FakeState, secret: VaultSecret, version: SecretVersion, *, value: bool = True
+    state: VaultCall, secret: VaultSecret, version: SecretVersion, *, value: bool = True
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if value:
         body["value"] = version.value
     if version.content_type is not None:
         body["contentType"] = version.content_type
-    body["id"] = f"{state.key_vault_url}/secrets/{secret.name}/{version.version}"
+    body["id"] = f"{state.id_base}/secrets/{secret.name}/{version.version}"
     body["attributes"] = _attributes(version)
     if version.tags:
         body["tags"] = version.tags
     return body
 
 
-def _deleted_bundle(state: FakeState, secret: VaultSecret) -> dict[str, Any]:
+def _deleted_bundle(state: VaultCall, secret: VaultSecret) -> dict[str, Any]:
     return {
-        "recoveryId": f"{state.key_vault_url}/deletedsecrets/{secret.name}",
+        "recoveryId": f"{state.id_base}/deletedsecrets/{secret.name}",
         "deletedDate": secret.deleted_date,
         "scheduledPurgeDate": secret.scheduled_purge_date,
         **_bundle(state, secret, secret.latest, value=False),
     }
 
 
-def _item(state: FakeState, secret: VaultSecret, version: SecretVersion | None = None) -> dict[str, Any]:
+def _item(state: VaultCall, secret: VaultSecret, version: SecretVersion | None = None) -> dict[str, Any]:
     v = version or secret.latest
     suffix = f"/{v.version}" if version else ""
     item: dict[str, Any] = {
-        "id": f"{state.key_vault_url}/secrets/{secret.name}{suffix}",
+        "id": f"{state.id_base}/secrets/{secret.name}{suffix}",
         "attributes": _attributes(v),
     }
     if v.content_type is not None:
@@ -107,6 +133,7 @@ def _item(state: FakeState, secret: VaultSecret, version: SecretVersion | None =
 
 def put_secret_version(
     state: FakeState,
+    vault: Vault,
     name: str,
     value: str,
     content_type: str | None,
@@ -137,7 +164,7 @@ def put_secret_version(
     )
     key = name.lower()
     with state.lock:
-        if key in state.deleted_secrets:
+        if key in vault.deleted_secrets:
             raise VaultError(
                 409,
                 "Conflict",
@@ -145,10 +172,10 @@ def put_secret_version(
                 "reused; in this state, the secret can only be recovered or purged.",
                 "ObjectIsDeletedButRecoverable",
             )
-        secret = state.secrets.get(key)
+        secret = vault.secrets.get(key)
         if secret is None:
             secret = VaultSecret(name=name)
-            state.secrets[key] = secret
+            vault.secrets[key] = secret
         secret.versions[version.version] = version
     return version
 
@@ -160,16 +187,28 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status_code=status, media_type="application/json; charset=utf-8")
 
 
-def _check(request: Request) -> FakeState:
-    """api-version and bearer token checks; raises VaultError or returns the state."""
+def _check(request: Request, action: str) -> VaultCall:
+    """api-version, bearer token and RBAC checks for `action` (list, read, write, purge)."""
     state: FakeState = request.app.state.azure
     version = request.query_params.get("api-version")
     if not version or not API_VERSION.match(version):
         raise VaultError(
             400, "BadParameter", f"The request URI contains an invalid API version: {version or '(none)'}."
         )
+    name = request.scope.get(VAULT_SCOPE_KEY)
+    try:
+        vault = state.vault(name or "")
+    except KeyError as exc:
+        raise VaultError(
+            404, "VaultNotFound", f"No vault named {name} (in Azure its host name would not resolve)."
+        ) from exc
+    call = (
+        VaultCall(state, vault, state.base_url, f"{state.base_url}/vaults/{vault.name}")
+        if vault.name
+        else VaultCall(state, vault, state.key_vault_url, state.key_vault_url)
+    )
     auth = request.headers.get("authorization")
-    tenant = state.vault_tenant_id or "common"
+    tenant = vault.tenant_id or "common"
     challenge = f'Bearer authorization="{state.authority_host}/{tenant}", resource="{KEYVAULT_RESOURCE}"'
     if not auth:
         raise _Unauthorized("AKV10000: Request is missing a Bearer or PoP token.", challenge)
@@ -182,23 +221,27 @@ def _check(request: Request) -> FakeState:
             "expired": "AKV10013: Token expired.",
         }.get(exc.kind, f"AKV10000: Request is missing a Bearer or PoP token. {exc.reason}")
         raise _Unauthorized(message, challenge) from exc
-    if claims.get("tid") != state.vault_tenant_id:
+    if claims.get("tid") != vault.tenant_id:
         raise _Unauthorized(
             f"AKV10032: Invalid issuer. Expected one of {state.authority_host}/{tenant}/v2.0, found "
             f"{claims.get('iss')}.",
             challenge,
         )
-    allowed = state.vault_principals
-    if allowed is not None and claims.get("oid") not in allowed:
+    with state.lock:
+        allowed = vault.allows(str(claims.get("oid")), action)
+    if not allowed:
         raise VaultError(
             403,
             "Forbidden",
-            "Caller is not authorized to perform action on resource. If role assignments, deny "
-            "assignments or role definitions were changed recently, please observe propagation time. "
-            f"Caller: appid={claims.get('azp')};oid={claims.get('oid')};iss={claims.get('iss')}",
+            "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny "
+            "assignments or role definitions were changed recently, please observe propagation time.\r\n"
+            f"Caller: appid={claims.get('azp')};oid={claims.get('oid')};iss={claims.get('iss')}\r\n"
+            f"Action: '{ACTIONS[action]}'\r\nAssignment: (not found)\r\n"
+            "DecisionReason: 'DeniedWithNoValidRBAC' \r\n"
+            f"Vault: {vault.name or 'broker'};location=loopback\r\n",
             "ForbiddenByRbac",
         )
-    return state
+    return call
 
 
 class _Unauthorized(VaultError):
@@ -227,7 +270,7 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _page(request: Request, state: FakeState, items: list[dict[str, Any]], path: str) -> dict[str, Any]:
+def _page(request: Request, call: VaultCall, items: list[dict[str, Any]], path: str) -> dict[str, Any]:
     q = request.query_params
     try:
         size = max(1, min(25, int(q.get("maxresults", "25"))))
@@ -238,7 +281,7 @@ def _page(request: Request, state: FakeState, items: list[dict[str, Any]], path:
     next_link = None
     if skip + size < len(items):
         query = f"api-version={q.get('api-version')}&$skiptoken={skip + size}&maxresults={size}"
-        next_link = f"{state.key_vault_url}{path}?{query}"
+        next_link = f"{call.url}{path}?{query}"
     return {"value": page, "nextLink": next_link}
 
 
@@ -248,17 +291,19 @@ def _page(request: Request, state: FakeState, items: list[dict[str, Any]], path:
 @router.put("/secrets/{name}")
 async def set_secret(name: str, request: Request) -> Response:
     try:
-        state = _check(request)
+        call = _check(request, "write")
         body = await _body(request)
         value = body.get("value")
         if not isinstance(value, str):
             raise VaultError(400, "BadParameter", "Property 'value' is required.")
         attributes = body.get("attributes") or {}
         tags = body.get("tags")
-        version = put_secret_version(state, name, value, body.get("contentType"), tags, attributes)
-        with state.lock:
-            secret = state.secrets[name.lower()]
-            return _json(_bundle(state, secret, version))
+        version = put_secret_version(
+            call.state, call.vault, name, value, body.get("contentType"), tags, attributes
+        )
+        with call.state.lock:
+            secret = call.vault.secrets[name.lower()]
+            return _json(_bundle(call, secret, version))
     except VaultError as exc:
         return _error(exc)
 
@@ -266,10 +311,11 @@ async def set_secret(name: str, request: Request) -> Response:
 @router.get("/secrets")
 async def list_secrets(request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            items = [_item(state, s) for s in sorted(state.secrets.values(), key=lambda s: s.name.lower())]
-        return _json(_page(request, state, items, "/secrets"))
+        call = _check(request, "list")
+        with call.state.lock:
+            ordered = sorted(call.vault.secrets.values(), key=lambda s: s.name.lower())
+            items = [_item(call, s) for s in ordered]
+        return _json(_page(request, call, items, "/secrets"))
     except VaultError as exc:
         return _error(exc)
 
@@ -277,13 +323,13 @@ async def list_secrets(request: Request) -> Response:
 @router.get("/secrets/{name}/versions")
 async def list_versions(name: str, request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            secret = state.secrets.get(name.lower())
+        call = _check(request, "list")
+        with call.state.lock:
+            secret = call.vault.secrets.get(name.lower())
             if secret is None:
                 raise _not_found(name)
-            items = [_item(state, secret, v) for v in secret.versions.values()]
-        return _json(_page(request, state, items, f"/secrets/{secret.name}/versions"))
+            items = [_item(call, secret, v) for v in secret.versions.values()]
+        return _json(_page(request, call, items, f"/secrets/{secret.name}/versions"))
     except VaultError as exc:
         return _error(exc)
 
@@ -293,9 +339,9 @@ async def list_versions(name: str, request: Request) -> Response:
 @router.get("/secrets/{name}/{version}")
 async def get_secret(name: str, request: Request, version: str = "") -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            secret = state.secrets.get(name.lower())
+        call = _check(request, "read")
+        with call.state.lock:
+            secret = call.vault.secrets.get(name.lower())
             found = (secret.versions.get(version) if version else secret.latest) if secret else None
             if secret is None or found is None:
                 raise _not_found(name)
@@ -303,7 +349,7 @@ async def get_secret(name: str, request: Request, version: str = "") -> Response
                 raise VaultError(
                     403, "Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled"
                 )
-            return _json(_bundle(state, secret, found))
+            return _json(_bundle(call, secret, found))
     except VaultError as exc:
         return _error(exc)
 
@@ -312,10 +358,10 @@ async def get_secret(name: str, request: Request, version: str = "") -> Response
 @router.patch("/secrets/{name}")
 async def update_secret(name: str, request: Request, version: str = "") -> Response:
     try:
-        state = _check(request)
+        call = _check(request, "write")
         body = await _body(request)
-        with state.lock:
-            secret = state.secrets.get(name.lower())
+        with call.state.lock:
+            secret = call.vault.secrets.get(name.lower())
             found = (secret.versions.get(version) if version else secret.latest) if secret else None
             if secret is None or found is None:
                 raise _not_found(name)
@@ -331,7 +377,7 @@ async def update_secret(name: str, request: Request, version: str = "") -> Respo
             if "tags" in body:
                 found.tags = body["tags"]
             found.updated = int(time.time())
-            return _json(_bundle(state, secret, found, value=False))
+            return _json(_bundle(call, secret, found, value=False))
     except VaultError as exc:
         return _error(exc)
 
@@ -339,16 +385,16 @@ async def update_secret(name: str, request: Request, version: str = "") -> Respo
 @router.delete("/secrets/{name}")
 async def delete_secret(name: str, request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            secret = state.secrets.pop(name.lower(), None)
+        call = _check(request, "write")
+        with call.state.lock:
+            secret = call.vault.secrets.pop(name.lower(), None)
             if secret is None:
                 raise _not_found(name)
             now = int(time.time())
             secret.deleted_date = now
             secret.scheduled_purge_date = now + RECOVERABLE_DAYS * 86400
-            state.deleted_secrets[name.lower()] = secret
-            return _json(_deleted_bundle(state, secret))
+            call.vault.deleted_secrets[name.lower()] = secret
+            return _json(_deleted_bundle(call, secret))
     except VaultError as exc:
         return _error(exc)
 
@@ -356,18 +402,18 @@ async def delete_secret(name: str, request: Request) -> Response:
 @router.get("/deletedsecrets")
 async def list_deleted(request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
+        call = _check(request, "list")
+        with call.state.lock:
             items = [
                 {
-                    "recoveryId": f"{state.key_vault_url}/deletedsecrets/{s.name}",
+                    "recoveryId": f"{call.id_base}/deletedsecrets/{s.name}",
                     "deletedDate": s.deleted_date,
                     "scheduledPurgeDate": s.scheduled_purge_date,
-                    **_item(state, s),
+                    **_item(call, s),
                 }
-                for s in sorted(state.deleted_secrets.values(), key=lambda s: s.name.lower())
+                for s in sorted(call.vault.deleted_secrets.values(), key=lambda s: s.name.lower())
             ]
-        return _json(_page(request, state, items, "/deletedsecrets"))
+        return _json(_page(request, call, items, "/deletedsecrets"))
     except VaultError as exc:
         return _error(exc)
 
@@ -375,12 +421,12 @@ async def list_deleted(request: Request) -> Response:
 @router.get("/deletedsecrets/{name}")
 async def get_deleted(name: str, request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            secret = state.deleted_secrets.get(name.lower())
+        call = _check(request, "list")
+        with call.state.lock:
+            secret = call.vault.deleted_secrets.get(name.lower())
             if secret is None:
                 raise _deleted_not_found(name)
-            return _json(_deleted_bundle(state, secret))
+            return _json(_deleted_bundle(call, secret))
     except VaultError as exc:
         return _error(exc)
 
@@ -388,9 +434,9 @@ async def get_deleted(name: str, request: Request) -> Response:
 @router.delete("/deletedsecrets/{name}")
 async def purge_deleted(name: str, request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            if state.deleted_secrets.pop(name.lower(), None) is None:
+        call = _check(request, "purge")
+        with call.state.lock:
+            if call.vault.deleted_secrets.pop(name.lower(), None) is None:
                 raise _deleted_not_found(name)
         return Response(status_code=204)
     except VaultError as exc:
@@ -400,14 +446,14 @@ async def purge_deleted(name: str, request: Request) -> Response:
 @router.post("/deletedsecrets/{name}/recover")
 async def recover_deleted(name: str, request: Request) -> Response:
     try:
-        state = _check(request)
-        with state.lock:
-            secret = state.deleted_secrets.pop(name.lower(), None)
+        call = _check(request, "write")
+        with call.state.lock:
+            secret = call.vault.deleted_secrets.pop(name.lower(), None)
             if secret is None:
                 raise _deleted_not_found(name)
             secret.deleted_date = None
             secret.scheduled_purge_date = None
-            state.secrets[name.lower()] = secret
-            return _json(_bundle(state, secret, secret.latest, value=False))
+            call.vault.secrets[name.lower()] = secret
+            return _json(_bundle(call, secret, secret.latest, value=False))
     except VaultError as exc:
         return _error(exc)

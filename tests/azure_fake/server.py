@@ -25,10 +25,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from . import control, devops, entra, graph, keyvault
+from . import appconfig, control, devops, entra, graph, keyvault, seeding, variable_groups
 from .ca import TlsMaterial, create_tls_material, shared_tls_material, trust_ca_file
 from .faults import FaultRule, Faults, RequestRecord, fault_body, normalize_service
 from .state import (
+    AppConfigStore,
     Application,
     DevOpsOrg,
     FakeState,
@@ -37,7 +38,10 @@ from .state import (
     ServicePrincipal,
     Tenant,
     User,
+    VariableGroup,
+    Vault,
 )
+from .state import KeyValue as AppConfigValue
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -54,6 +58,8 @@ def create_app(state: FakeState, faults: Faults, handle: FakeAzure | None = None
     app.state.handle = handle
     app.include_router(control.router)
     app.include_router(keyvault.router)
+    app.include_router(appconfig.router)
+    app.include_router(variable_groups.router)
     app.include_router(graph.router)
     app.include_router(devops.router)
     app.include_router(entra.router)
@@ -80,6 +86,16 @@ class FaultLayer:
             return "control", scope
         if path.startswith(keyvault.PREFIX):
             return "none", scope
+        if path.startswith("/vaults/"):
+            # A named vault by path: strip `/vaults/NAME` and serve it with the vault routes.
+            name, _, rest = path[len("/vaults/") :].partition("/")
+            scope = dict(scope)
+            scope[keyvault.VAULT_SCOPE_KEY] = name
+            scope["path"] = f"{keyvault.PREFIX}/{rest}"
+            scope["raw_path"] = scope["path"].encode()
+            return "keyvault", scope
+        if path.startswith(appconfig.PREFIX + "/"):
+            return "appconfig", scope
         if path.startswith("/graph/") or path == "/graph":
             return "graph", scope
         if path.startswith(devops.PREFIX + "/"):
@@ -476,6 +492,121 @@ class FakeAzure:
         with self.state.lock:
             self.state.vault_principals = oids
 
+    # ------------------------------------------------------------------ destinations (see seeding.py)
+
+    def add_vault(self, name: str, tenant: Tenant | str | None = None) -> Vault:
+        """A vault at `vault_url(name)` trusting `tenant` (default: the first); nobody has a role yet."""
+        return seeding.add_vault(self.state, name, tenant)
+
+    def vault_url(self, name: str) -> str:
+        """What `SecretClient(vault_url=...)` is given for a named vault."""
+        return f"{self.base_url}/vaults/{name}"
+
+    def grant_vault(self, vault: Vault | str, principal: Application | User | str, role: str) -> None:
+        """Role assignment on one vault: "Key Vault Secrets Officer" (read, write, delete, recover,
+        purge), "Key Vault Secrets User" (read), "Key Vault Reader" (metadata), "Key Vault Administrator"."""
+        seeding.grant_vault(self.state, vault, principal, role)
+
+    def revoke_vault(
+        self, vault: Vault | str, principal: Application | User | str, role: str | None = None
+    ) -> None:
+        seeding.revoke_vault(self.state, vault, principal, role)
+
+    def vault_secret(self, vault: Vault | str, name: str, version: str | None = None) -> SecretVersion | None:
+        """A live secret's latest (or given) version with its value; None if absent or soft-deleted."""
+        return seeding.vault_secret(self.state, vault, name, version)
+
+    def set_vault_secret(
+        self, vault: Vault | str, name: str, value: str, content_type: str | None = None
+    ) -> SecretVersion:
+        """Set a version as someone else would (drift); 409 rules apply (raises VaultError)."""
+        return self.state.set_secret(
+            name, value, content_type, vault.name if isinstance(vault, Vault) else vault
+        )
+
+    def add_app_config_store(self, name: str, tenant: Tenant | str | None = None) -> AppConfigStore:
+        """A store at `app_config_endpoint(name)` trusting `tenant` (default: the first)."""
+        return seeding.add_app_config_store(self.state, name, tenant)
+
+    def app_config_endpoint(self, name: str) -> str:
+        """What `AzureAppConfigurationClient(base_url=...)` is given."""
+        return f"{self.base_url}/stores/{name}"
+
+    def grant_app_config(
+        self, store: AppConfigStore | str, principal: Application | User | str, role: str
+    ) -> None:
+        """ "App Configuration Data Owner" (read, write) or "App Configuration Data Reader" (read)."""
+        seeding.grant_app_config(self.state, store, principal, role)
+
+    def app_config_value(
+        self, store: AppConfigStore | str, key: str, label: str | None = None
+    ) -> AppConfigValue | None:
+        return seeding.app_config_value(self.state, store, key, label)
+
+    def set_app_config_value(
+        self,
+        store: AppConfigStore | str,
+        key: str,
+        value: str | None,
+        label: str | None = None,
+        content_type: str | None = None,
+    ) -> AppConfigValue:
+        """Set a key-value as someone else would (new etag)."""
+        return seeding.set_app_config_value(self.state, store, key, value, label, content_type)
+
+    def add_variable_group(
+        self,
+        org: DevOpsOrg | str,
+        project: str,
+        name: str,
+        variables: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+    ) -> VariableGroup:
+        """A variable group in `project` with plain `variables` and secret `secrets`."""
+        return seeding.add_variable_group(self.state, org, project, name, variables or {}, secrets or {})
+
+    def variable_group(self, org: DevOpsOrg | str, group: int | str) -> VariableGroup | None:
+        """A group by id or name, secret values included (`.variables[name].value`, `.revision`)."""
+        return seeding.variable_group(self.state, org, group)
+
+    def set_group_variable(
+        self, org: DevOpsOrg | str, group: int | str, name: str, value: str, secret: bool = False
+    ) -> VariableGroup:
+        """Someone else edits the group (drift or a concurrent edit)."""
+        return seeding.set_group_variable(self.state, org, group, name, value, secret)
+
+    def add_owner(self, app: Application, principal: Application | User | str) -> None:
+        """Make a user or an app (its service principal in `app`'s tenant) an owner of `app`."""
+        seeding.add_owner(self.state, app, principal)
+
+    def add_key_credential(
+        self, app: Application, end: dt.datetime, display_name: str | None = None
+    ) -> KeyCredential:
+        """A certificate credential ending at `end` (inventory seeding; not usable to sign in)."""
+        return seeding.add_key_credential(self.state, app, end, display_name)
+
+    def add_applications(
+        self,
+        tenant: Tenant | str,
+        count: int,
+        *,
+        prefix: str = "inventory-app",
+        password_ends: seeding.EndDates = lambda i: (),
+        certificate_ends: seeding.EndDates = lambda i: (),
+        permissions: Iterable[str] = (),
+    ) -> list[Application]:
+        """`count` apps; app i gets a secret per date of `password_ends(i)` and a certificate per
+        date of `certificate_ends(i)` (250 apps: well under a second)."""
+        return seeding.add_applications(
+            self.state,
+            tenant,
+            count,
+            prefix=prefix,
+            password_ends=password_ends,
+            certificate_ends=certificate_ends,
+            permissions=permissions,
+        )
+
     # ------------------------------------------------------------------ tokens and keys
 
     def mint_caller_token(
@@ -529,7 +660,8 @@ class FakeAzure:
     ) -> FaultRule:
         """Make the next `count` matching requests fail (None: until reset_faults).
 
-        service: "token" | "graph" | "keyvault" | "devops" | "*"; kind: "429" (Retry-After),
+        service: "token" | "graph" | "keyvault" (every vault; `path_pattern="^/vaults/NAME/"` for
+        one) | "appconfig" | "devops" | "*"; kind: "429" (Retry-After),
         "503" (Retry-After), "500", "timeout" (sleep `seconds`, then 504, not processed),
         "delay" (sleep `seconds`, then processed normally), "lost" (processed in full, then the
         answer is dropped and the client gets 504: Azure did the work, the caller never hears).

@@ -318,6 +318,32 @@ class DevOpsOrg:
     tenant_id: str | None
     projects: list[DevOpsProject] = field(default_factory=list)
     members: set[str] = field(default_factory=set)  # object ids of users / service principals
+    variable_groups: dict[int, VariableGroup] = field(default_factory=dict)  # by id
+
+
+@dataclass
+class GroupVariable:
+    """One variable of a variable group; a secret's value is write-only over REST."""
+
+    value: str
+    is_secret: bool = False
+    is_read_only: bool = False
+
+
+@dataclass
+class VariableGroup:
+    """A DevOps library variable group (type Vsts), shared by the projects it references."""
+
+    id: int
+    name: str
+    description: str
+    project_ids: list[str]
+    variables: dict[str, GroupVariable]
+    created_by: str
+    created_on: dt.datetime
+    modified_by: str
+    modified_on: dt.datetime
+    revision: int = 1  # internal: counts writes (the REST shape has only modifiedOn)
 
 
 @dataclass
@@ -359,6 +385,66 @@ class VaultSecret:
         return next(reversed(self.versions.values()))
 
 
+KEY_VAULT_ROLES = {
+    "Key Vault Administrator": {"list", "read", "write", "purge"},
+    "Key Vault Secrets Officer": {"list", "read", "write", "purge"},
+    "Key Vault Secrets User": {"list", "read"},
+    "Key Vault Reader": {"list"},
+}
+
+
+@dataclass
+class Vault:
+    """A key vault. The broker's own vault (name "") has its own port; named ones live by path.
+
+    `roles`: object id -> Key Vault RBAC role names; None (the broker vault by default) lets every
+    principal of the vault's tenant in."""
+
+    name: str
+    tenant_id: str | None
+    secrets: dict[str, VaultSecret] = field(default_factory=dict)  # by lower-case name
+    deleted_secrets: dict[str, VaultSecret] = field(default_factory=dict)
+    roles: dict[str, set[str]] | None = field(default_factory=dict)
+
+    def allows(self, oid: str, action: str) -> bool:
+        if self.roles is None:
+            return True
+        return any(action in KEY_VAULT_ROLES.get(role, set()) for role in self.roles.get(oid, set()))
+
+
+# --------------------------------------------------------------------------- App Configuration
+
+APP_CONFIG_ROLES = {
+    "App Configuration Data Owner": {"read", "write"},
+    "App Configuration Data Reader": {"read"},
+}
+
+
+@dataclass
+class KeyValue:
+    key: str
+    label: str | None
+    value: str | None
+    content_type: str | None
+    tags: dict[str, str]
+    etag: str
+    last_modified: dt.datetime
+    locked: bool = False
+
+
+@dataclass
+class AppConfigStore:
+    """An App Configuration store, by path `/stores/NAME`; key-values by (key, label)."""
+
+    name: str
+    tenant_id: str
+    values: dict[tuple[str, str | None], KeyValue] = field(default_factory=dict)
+    roles: dict[str, set[str]] = field(default_factory=dict)  # object id -> role names
+
+    def allows(self, oid: str, action: str) -> bool:
+        return any(action in APP_CONFIG_ROLES.get(role, set()) for role in self.roles.get(oid, set()))
+
+
 # --------------------------------------------------------------------------- the state
 
 
@@ -396,8 +482,11 @@ class FakeState:
         self.consents: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
         self.devops_orgs: dict[str, DevOpsOrg] = {}  # by lower-case name
         self.pats: dict[str, PersonalAccessToken] = {}
-        self.secrets: dict[str, VaultSecret] = {}  # by lower-case name
+        self.secrets: dict[str, VaultSecret] = {}  # the broker vault's, by lower-case name
         self.deleted_secrets: dict[str, VaultSecret] = {}
+        self.vaults: dict[str, Vault] = {}  # named vaults served by path, by lower-case name
+        self.app_config_stores: dict[str, AppConfigStore] = {}  # by lower-case name
+        self.base_url = authority_host.rstrip("/")  # the main port; vaults and stores live under it
         # behaviour knobs
         self.replication_delay = 0.0
         self.access_token_lifetime = 3599
@@ -460,9 +549,13 @@ class FakeState:
             "https://management.azure.com": "arm",
             "https://management.core.windows.net": "arm",
             "https://storage.azure.com": "storage",
+            "https://appconfig.azure.com": "appconfig",
+            "https://azconfig.io": "appconfig",
         }
         if lowered in fixed:
             return Resource(fixed[lowered], norm)
+        if self.base_url and lowered.startswith(f"{self.base_url.lower()}/stores/"):
+            return Resource("appconfig", norm)  # the endpoint as audience, as older SDKs asked
         with self.lock:
             candidates = [self._apps_by_app_id[lowered]] if lowered in self._apps_by_app_id else []
             candidates += [
@@ -787,11 +880,39 @@ class FakeState:
         with self.lock:
             self.pats[token].revoked = True
 
-    def set_secret(self, name: str, value: str, content_type: str | None = None) -> SecretVersion:
+    def set_secret(
+        self, name: str, value: str, content_type: str | None = None, vault: str = ""
+    ) -> SecretVersion:
         """Put a Key Vault secret version directly (as if set by someone else)."""
         from .keyvault import put_secret_version
 
-        return put_secret_version(self, name, value, content_type, None, {})
+        return put_secret_version(self, self.vault(vault), name, value, content_type, None, {})
+
+    def vault(self, name: str = "") -> Vault:
+        """A named vault, or (name "") a view of the broker vault over `secrets`/`deleted_secrets`."""
+        with self.lock:
+            if not name:
+                return Vault(
+                    "",
+                    self.vault_tenant_id,
+                    self.secrets,
+                    self.deleted_secrets,
+                    None
+                    if self.vault_principals is None
+                    else {oid: {"Key Vault Secrets Officer"} for oid in self.vault_principals},
+                )
+            found = self.vaults.get(name.lower())
+        if found is None:
+            raise KeyError(f"no vault named {name!r}; add_vault first")
+        return found
+
+    def principal_id(self, principal: Application | User | str, tenant_id: str) -> str:
+        """The object id that tokens carry: an app's service principal in `tenant_id`, a user's id."""
+        if isinstance(principal, Application):
+            return self.service_principal(principal, tenant_id).id
+        if isinstance(principal, User):
+            return principal.id
+        return principal
 
     # ------------------------------------------------------------------ tokens bookkeeping
 
@@ -889,6 +1010,36 @@ class FakeState:
                     "secrets": sorted(s.name for s in self.secrets.values()),
                     "deletedSecrets": sorted(s.name for s in self.deleted_secrets.values()),
                 },
+                "vaults": [
+                    {
+                        "name": v.name,
+                        "tenantId": v.tenant_id,
+                        "secrets": sorted(s.name for s in v.secrets.values()),
+                        "deletedSecrets": sorted(s.name for s in v.deleted_secrets.values()),
+                        "roles": {oid: sorted(r) for oid, r in (v.roles or {}).items()},
+                    }
+                    for v in self.vaults.values()
+                ],
+                "appConfigStores": [
+                    {
+                        "name": store.name,
+                        "tenantId": store.tenant_id,
+                        "keys": sorted(f"{k}|{label or ''}" for k, label in store.values),
+                        "roles": {oid: sorted(r) for oid, r in store.roles.items()},
+                    }
+                    for store in self.app_config_stores.values()
+                ],
+                "variableGroups": [
+                    {
+                        "org": o.name,
+                        "id": g.id,
+                        "name": g.name,
+                        "variables": sorted(g.variables),
+                        "revision": g.revision,
+                    }
+                    for o in self.devops_orgs.values()
+                    for g in o.variable_groups.values()
+                ],
                 "issuedTokens": len(self.issued_tokens),
                 "replicationDelay": self.replication_delay,
             }
