@@ -1,5 +1,8 @@
 """Cold start as the Functions worker pays it: import `function_app` and index its functions.
 
+Telemetry is on (APPLICATIONINSIGHTS_CONNECTION_STRING set, as in Azure); the Azure Monitor distro
+is configured on a background thread at first use, and its last row shows what that thread costs.
+
 Paired against a baseline that imports only `azure.functions` and `fastapi`, alternating them
 in fresh interpreters so that all see the same machine state. The API app and each job's
 modules are built on first use; the rows after the goal row show what the first HTTP request
@@ -21,8 +24,12 @@ RUNS = 15
 ENV = {
     **os.environ,
     "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
-    "LOCAL_API_TOKEN": "t",
+    "LOCAL_API_TOKEN": "t" * 32,
     "AUTH_MODE": "local",
+    # Telemetry on, as in Azure: the goal row must not pay for it (core.telemetry is lazy).
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": (
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:1/"
+    ),
 }
 
 BASELINE = "import azure.functions, fastapi"
@@ -31,7 +38,8 @@ FIRST_REQUEST = APP + "; function_app.api"
 FIRST_TIMERS = (
     APP + "; from core.jobs import resolve; [resolve(s) for j in function_app.JOBS for s in j.steps]"
 )
-HEAVY = ("msgraph", "azure.identity", "azure.keyvault", "azure.data.tables")
+TELEMETRY = APP + "; from core import telemetry; telemetry.configure()"
+HEAVY = ("azure.monitor.opentelemetry", "msgraph", "azure.identity", "azure.keyvault", "azure.data.tables")
 TIMER = (
     "import time, sys; t = time.perf_counter(); {code}; print(time.perf_counter() - t); "
     "print(','.join(sorted(m for m in sys.modules if m in {heavy!r})))"
@@ -52,7 +60,13 @@ def _once(code: str) -> tuple[float, str]:
 
 
 def run() -> list[Table]:
-    samples: dict[str, list[float]] = {BASELINE: [], APP: [], FIRST_REQUEST: [], FIRST_TIMERS: []}
+    samples: dict[str, list[float]] = {
+        BASELINE: [],
+        APP: [],
+        FIRST_REQUEST: [],
+        FIRST_TIMERS: [],
+        TELEMETRY: [],
+    }
     loaded = ""
     _once(APP)  # warm the file cache once, as a host that restarts would have it
     for _ in range(RUNS):
@@ -67,6 +81,7 @@ def run() -> list[Table]:
         APP: "function_app + index functions (goal row)",
         FIRST_REQUEST: "  + build the API app (first HTTP request)",
         FIRST_TIMERS: "  + import the three jobs (first timer runs)",
+        TELEMETRY: "  + configure telemetry (background thread on first use)",
     }
     rows = [
         [

@@ -39,7 +39,7 @@ CALLERS = 16
 TOTAL = 20_000
 DUE = 1_000
 GRAPH_LIMIT = 25.0  # requests per second (token bucket, burst = one second's worth)
-TOKEN = "bench-leases-token"  # noqa: S105 (the local static token of this throwaway stack)
+TOKEN = "bench-leases-token-of-at-least-32-characters"  # noqa: S105 (the local static token of this throwaway stack)
 
 
 def _environment(fake: Any, azurite: Any, port: int) -> None:

@@ -42,7 +42,7 @@ def _environment(fake: Any, azurite: Any) -> None:
             "GRAPH_ENDPOINT": fake.graph_endpoint,
             "AZURE_DEVOPS_ENDPOINT": fake.devops_endpoint,
             "AUTH_MODE": "local",
-            "LOCAL_API_TOKEN": "bench-token",
+            "LOCAL_API_TOKEN": "bench-rotation-token-of-at-least-32-chars",
             "AZURE_TENANT_ID": broker_tenant.id,
             "AZURE_CLIENT_ID": identity.app_id,
             "AZURE_CLIENT_SECRET": identity_secret,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from core import telemetry
 from core.loop_cache import PerLoop
 from core.settings import get_settings
 
@@ -28,6 +29,7 @@ def is_loopback(url: str) -> bool:
 
 
 def _identity_options() -> dict[str, Any]:
+    telemetry.start()  # every Azure client starts here: dependency tracing, in the background
     authority = get_settings().azure_authority_host
     # MSAL validates unknown authorities against the public cloud's discovery host, which a
     # loopback stand-in can never pass; sovereign clouds are known authorities and keep it.

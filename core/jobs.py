@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core import events, telemetry
+
 log = logging.getLogger("broker.jobs")
 
 JobFn = Callable[[], Awaitable[dict[str, Any]]]
@@ -38,6 +40,7 @@ def resolve(step: str) -> JobFn:
 
 async def run_job(job: Job) -> dict[str, Any]:
     """Run every step of a job, each isolated from the others' failures; return the summary."""
+    telemetry.start()  # dependency tracing, configured in the background on first use
     started = time.perf_counter()
     summary: dict[str, Any] = {}
     failed: list[str] = []
@@ -48,6 +51,7 @@ async def run_job(job: Job) -> dict[str, Any]:
             failed.append(name)
             log.exception("job %s step %s failed: %s", job.name, name, type(error).__name__)
     elapsed = time.perf_counter() - started
+    await events.drain(within=5.0)  # the job's events reach Event Grid before the worker may freeze
     log.info("job %s finished in %.3fs: %s", job.name, elapsed, summary)
     if failed:
         raise RuntimeError(f"job {job.name}: steps failed: {', '.join(failed)}")

@@ -8,6 +8,7 @@ os.environ: pydantic-settings did the same but cost 57 ms of every cold start (m
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,11 +19,19 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 _EVERY_MINUTE = "0 * * * * *"
+_HOURLY = "0 0 * * * *"
+# The Functions host (App Service platform) sets these on every instance in Azure.
+AZURE_HOST_MARKERS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
+MIN_LOCAL_TOKEN_LENGTH = 32
+# App Service resolves these references before the app starts; one still present means it could not.
+_UNRESOLVED_REFERENCES = ("@microsoft.keyvault(", "@microsoft.appconfiguration(")
+_HOST_PATTERN = re.compile(r"^[A-Za-z0-9*?.\[\]-]+(:[0-9*?]+)?$")
 
 
 class SettingsError(RuntimeError):
@@ -71,12 +80,33 @@ class Settings(BaseModel):
     rotation_schedule: str = _EVERY_MINUTE
     expiry_sweep_schedule: str = _EVERY_MINUTE
     reconcile_schedule: str = "30 */5 * * * *"
+    inventory_schedule: str = _HOURLY
+
+    # Credential inventory: credentials ending within this many days (or ended) are recorded.
+    expiry_warning_days: int = Field(default=30, ge=1, le=365)
+
+    # Event Grid topic for CloudEvents (unset: events are log lines only).
+    events_topic_endpoint: str | None = None
+
+    # Hosts a destination's vaultUrl/endpoint must match (comma-separated host[:port] globs, https).
+    destination_hosts: str = "*.vault.azure.net,*.azconfig.io"
 
     # How long revoked leases stay readable for audit.
     lease_retention_days: int = Field(default=30, ge=1, le=3650)
 
     # The broker's own user-assigned managed identity (read by DefaultAzureCredential too).
     azure_client_id: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _resolved(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower().startswith(_UNRESOLVED_REFERENCES):
+            raise ValueError(
+                "still holds an unresolved reference (@Microsoft.KeyVault(...)): the platform could not "
+                "read the secret; check that it exists and that the app's identity may read it "
+                "(keyVaultReferenceIdentity, Key Vault Secrets User/Officer), then restart the app"
+            )
+        return value
 
     @field_validator("azure_authority_host", "graph_endpoint", "azure_devops_endpoint", "site_url")
     @classmethod
@@ -88,7 +118,34 @@ class Settings(BaseModel):
     def _optional_roots(cls, value: str | None) -> str | None:
         return _root_url(value) if value else None
 
-    @field_validator("rotation_schedule", "expiry_sweep_schedule", "reconcile_schedule")
+    @field_validator("events_topic_endpoint")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith("https://"):
+            raise ValueError(
+                "must be the topic's https endpoint (https://<topic>.<region>-1.eventgrid.azure.net/api/events)"
+            )
+        return value
+
+    @field_validator("destination_hosts")
+    @classmethod
+    def _host_patterns(cls, value: str) -> str:
+        patterns = [p.strip().lower() for p in value.split(",") if p.strip()]
+        if not patterns:
+            raise ValueError("needs at least one host[:port] pattern, e.g. *.vault.azure.net")
+        for pattern in patterns:
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is not a host[:port] glob (no scheme, no path)")
+        return ",".join(patterns)
+
+    @property
+    def destination_host_patterns(self) -> tuple[str, ...]:
+        """DESTINATION_HOSTS as a tuple of lower-case host[:port] globs."""
+        return tuple(self.destination_hosts.split(","))
+
+    @field_validator("rotation_schedule", "expiry_sweep_schedule", "reconcile_schedule", "inventory_schedule")
     @classmethod
     def _ncrontab(cls, value: str) -> str:
         from core.ncrontab import parse_ncrontab
@@ -97,15 +154,28 @@ class Settings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
+    def _consistent(self, info: ValidationInfo) -> Settings:
         if not self.tables_endpoint and not self.tables_connection_string:
             raise ValueError(
                 "set TABLES_ENDPOINT (Azure, managed identity) or TABLES_CONNECTION_STRING (Azurite)"
             )
         if self.auth_mode == "entra" and not (self.auth_tenant_id and self.auth_audience):
             raise ValueError("AUTH_MODE=entra needs AUTH_TENANT_ID and AUTH_AUDIENCE")
-        if self.auth_mode == "local" and not self.local_api_token:
-            raise ValueError("AUTH_MODE=local needs LOCAL_API_TOKEN (the static admin token)")
+        if self.auth_mode == "local":
+            in_azure = (info.context or {}).get("in_azure", False)
+            if in_azure:
+                raise ValueError(
+                    "AUTH_MODE=local is for the local stack only; in Azure set AUTH_MODE=entra "
+                    "with AUTH_TENANT_ID and AUTH_AUDIENCE"
+                )
+            token = self.local_api_token.get_secret_value() if self.local_api_token else ""
+            if not token:
+                raise ValueError("AUTH_MODE=local needs LOCAL_API_TOKEN (the static admin token)")
+            if len(token) < MIN_LOCAL_TOKEN_LENGTH:
+                raise ValueError(
+                    f"LOCAL_API_TOKEN must be at least {MIN_LOCAL_TOKEN_LENGTH} characters "
+                    "(make run generates one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
         return self
 
 
@@ -124,7 +194,8 @@ def get_settings() -> Settings:
     # unconfigured OAuth app).
     environment = {key.lower(): value for key, value in os.environ.items() if value != ""}
     values = {name: environment[name] for name in Settings.model_fields if name in environment}
+    in_azure = any(os.environ.get(name) for name in AZURE_HOST_MARKERS)
     try:
-        return Settings.model_validate(values)
+        return Settings.model_validate(values, context={"in_azure": in_azure})
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None

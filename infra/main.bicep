@@ -3,6 +3,7 @@
 //   managed identity -> storage (host + deployment container + state tables)
 //                    -> Key Vault (RBAC mode)
 //                    -> Log Analytics + Application Insights
+//                    -> Event Grid topic (the broker's CloudEvents)
 //                    -> Flex Consumption Function App (Python 3.11)
 //                    -> alert rules + workbook
 //
@@ -38,7 +39,7 @@ param maximumInstanceCount int = 40
 @description('Spread the Function App across availability zones (region must support it for Flex Consumption).')
 param zoneRedundant bool = false
 
-@description('Storage redundancy for the host storage and the state tables (geo-redundant by default).')
+@description('Storage redundancy for the host storage and the state tables (geo-redundant by default). With zoneRedundant, its zone-redundant twin is used: LRS->ZRS, GRS->GZRS, RAGRS->RAGZRS.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -69,8 +70,8 @@ param stateTableNames array = [
 @description('Public base URL of the broker (SITE_URL; OAuth redirect URIs start with it). Empty: https://<function app>.azurewebsites.net')
 param siteUrl string = ''
 
-@description('Entra ID authority host (AZURE_AUTHORITY_HOST). Change for sovereign clouds.')
-param azureAuthorityHost string = 'https://login.microsoftonline.com'
+@description('Entra ID authority host (AZURE_AUTHORITY_HOST). Default: this cloud\'s login endpoint.')
+param azureAuthorityHost string = environment().authentication.loginEndpoint
 
 @description('Microsoft Graph root (GRAPH_ENDPOINT). Change for sovereign clouds.')
 param graphEndpoint string = 'https://graph.microsoft.com'
@@ -108,6 +109,17 @@ param expirySweepSchedule string = '0 * * * * *'
 @description('NCRONTAB (with seconds) of the reconciler (RECONCILE_SCHEDULE).')
 param reconcileSchedule string = '30 */5 * * * *'
 
+@description('NCRONTAB (with seconds) of the credential inventory (INVENTORY_SCHEDULE); hourly by default.')
+param inventorySchedule string = '0 0 * * * *'
+
+@description('Credentials ending within this many days (or ended) are inventoried and raise Broker.Credential.Expiring (EXPIRY_WARNING_DAYS).')
+@minValue(1)
+@maxValue(365)
+param expiryWarningDays int = 30
+
+@description('Comma-separated host[:port] globs a destination vaultUrl/endpoint must match (DESTINATION_HOSTS); add your sovereign cloud\'s suffixes.')
+param destinationHosts string = '*.vault.azure.net,*.azconfig.io'
+
 @description('Days revoked leases are kept for audit (LEASE_RETENTION_DAYS).')
 @minValue(1)
 @maxValue(3650)
@@ -144,6 +156,15 @@ var hostContainerNames = [
   'azure-webjobs-hosts'
   'azure-webjobs-secrets'
 ]
+var zoneRedundantSkus = {
+  Standard_LRS: 'Standard_ZRS'
+  Standard_ZRS: 'Standard_ZRS'
+  Standard_GRS: 'Standard_GZRS'
+  Standard_GZRS: 'Standard_GZRS'
+  Standard_RAGRS: 'Standard_RAGZRS'
+  Standard_RAGZRS: 'Standard_RAGZRS'
+}
+var effectiveStorageSku = zoneRedundant ? zoneRedundantSkus[storageSku] : storageSku
 var tableNames = [for tableName in stateTableNames: '${tablePrefix}${tableName}']
 var azureClientSecretsOAuthSecretName = 'inf-app-connection-azure-client-secrets-client-secret'
 var azureDevOpsOAuthSecretName = 'inf-app-connection-azure-devops-client-secret'
@@ -174,7 +195,7 @@ module storage 'modules/storage.bicep' = {
     name: 'stbroker${resourceToken}'
     location: location
     tags: allTags
-    skuName: storageSku
+    skuName: effectiveStorageSku
     deploymentContainerName: deploymentContainerName
     hostContainerNames: hostContainerNames
     tableNames: tableNames
@@ -194,16 +215,23 @@ module keyVault 'modules/keyvault.bicep' = {
   }
 }
 
+module eventGrid 'modules/eventgrid.bicep' = {
+  name: 'eventgrid'
+  params: {
+    name: 'evgt-broker-${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
 module rbac 'modules/rbac.bicep' = {
   name: 'rbac'
   params: {
     principalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
-    blobContainerNames: concat([
-      storage.outputs.deploymentContainerName
-    ], hostContainerNames)
     keyVaultName: keyVault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    eventGridTopicName: eventGrid.outputs.name
   }
 }
 
@@ -216,8 +244,9 @@ module functionApp 'modules/functionapp.bicep' = {
     tags: allTags
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
-    storageAccountName: storage.outputs.name
     storageBlobEndpoint: storage.outputs.blobEndpoint
+    storageQueueEndpoint: storage.outputs.queueEndpoint
+    storageTableEndpoint: storage.outputs.tableEndpoint
     deploymentContainerName: storage.outputs.deploymentContainerName
     keyVaultUri: keyVault.outputs.uri
     appInsightsConnectionString: monitoring.outputs.connectionString
@@ -239,6 +268,10 @@ module functionApp 'modules/functionapp.bicep' = {
     reconcileSchedule: reconcileSchedule
     leaseRetentionDays: leaseRetentionDays
     tablePrefix: tablePrefix
+    inventorySchedule: inventorySchedule
+    expiryWarningDays: expiryWarningDays
+    eventsTopicEndpoint: eventGrid.outputs.endpoint
+    destinationHosts: destinationHosts
   }
   // The identity must hold its roles before the app reads the deployment
   // container, the host storage and the Key Vault references.
@@ -279,3 +312,4 @@ output OAUTH_REDIRECT_URI string = '${functionApp.outputs.siteUrl}/organization/
 output KEY_VAULT_URL string = keyVault.outputs.uri
 output BROKER_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
+output EVENTS_TOPIC_ENDPOINT string = eventGrid.outputs.endpoint

@@ -140,9 +140,9 @@ def local_mode(broker: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> Iterato
     from core.settings import get_settings
 
     monkeypatch.setenv("AUTH_MODE", "local")
-    monkeypatch.setenv("LOCAL_API_TOKEN", "local-test-token-value")
+    monkeypatch.setenv("LOCAL_API_TOKEN", "local-test-token-value-at-least-32-chars")
     get_settings.cache_clear()
-    yield "local-test-token-value"
+    yield "local-test-token-value-at-least-32-chars"
     monkeypatch.undo()
     get_settings.cache_clear()
 

@@ -16,7 +16,7 @@ HEAVY = ("msgraph", "azure.identity", "azure.keyvault", "azure.data.tables", "ki
 ENV = {
     **os.environ,
     "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
-    "LOCAL_API_TOKEN": "t",
+    "LOCAL_API_TOKEN": "t" * 32,
     "AUTH_MODE": "local",
 }
 

@@ -27,34 +27,11 @@ CHECKOV = ROOT / "scripts" / "checkov.sh"
 
 # Settings the code reads that have no place in Azure (local stack and tests only).
 LOCAL_ONLY = {"TABLES_CONNECTION_STRING", "LOCAL_SECRETS_DIR", "LOCAL_API_TOKEN"}
-# The names in DESIGN.md; used only if core/settings.py does not exist (yet).
-DESIGN_SETTINGS = {
-    "TABLES_ENDPOINT",
-    "TABLES_CONNECTION_STRING",
-    "TABLE_PREFIX",
-    "KEY_VAULT_URL",
-    "LOCAL_SECRETS_DIR",
-    "AZURE_AUTHORITY_HOST",
-    "GRAPH_ENDPOINT",
-    "AZURE_DEVOPS_ENDPOINT",
-    "SITE_URL",
-    "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID",
-    "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET",
-    "INF_APP_CONNECTION_AZURE_DEVOPS_CLIENT_ID",
-    "INF_APP_CONNECTION_AZURE_DEVOPS_CLIENT_SECRET",
-    "AUTH_MODE",
-    "AUTH_TENANT_ID",
-    "AUTH_AUDIENCE",
-    "LOCAL_API_TOKEN",
-    "ROTATION_SCHEDULE",
-    "EXPIRY_SWEEP_SCHEDULE",
-    "RECONCILE_SCHEDULE",
-    "LEASE_RETENTION_DAYS",
-    "AZURE_CLIENT_ID",
-}
 # Settings the Functions platform reads (host storage by identity, telemetry by identity).
 PLATFORM_SETTINGS = {
-    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
@@ -78,13 +55,15 @@ ROLE_IDS = {
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "EventGrid Data Sender": "d5a91429-5739-47e2-a06b-3470a27159e7",
 }
 # role -> the resource type its assignment must be scoped to (never the resource group).
 ROLE_SCOPES = {
-    "Storage Blob Data Owner": "Microsoft.Storage/storageAccounts/blobServices/containers",
+    "Storage Blob Data Owner": "Microsoft.Storage/storageAccounts",
     "Storage Table Data Contributor": "Microsoft.Storage/storageAccounts",
     "Key Vault Secrets Officer": "Microsoft.KeyVault/vaults",
     "Monitoring Metrics Publisher": "Microsoft.Insights/components",
+    "EventGrid Data Sender": "Microsoft.EventGrid/topics",
 }
 
 EVENT_PREFIX = "BROKER_EVENT "
@@ -95,6 +74,11 @@ EVENTS = (
     "lease.revoked",
     "lease.revoke_failed",
     "reconcile.fixed",
+    "credential.expiring",
+    "secret_rotation.succeeded",
+    "secret_rotation.failed",
+    "delivery.failed",
+    "delivery.drifted",
 )
 
 
@@ -156,6 +140,17 @@ def walk(node: Any):
             yield from walk(child)
 
 
+def accessor(node: Any) -> str:
+    """`a.b.c` (and `environment().x`) from pycep's nested property accessors."""
+    if isinstance(node, str):
+        return node
+    if "function" in node:
+        return f"{node['function']['type']}()"
+    operands = node["operator"]["operands"]
+    assert node["operator"]["type"] == "property_accessor", node
+    return f"{accessor(operands['operand_1'])}.{accessor(operands['operand_2'])}"
+
+
 def strings(node: Any) -> list[str]:
     return [n for n in walk(node) if isinstance(n, str)]
 
@@ -169,9 +164,7 @@ def app_settings() -> dict[str, Any]:
 
 
 def code_settings() -> set[str]:
-    """Names the code reads: core.settings.Settings if it exists, else DESIGN.md's list."""
-    if not (ROOT / "core" / "settings.py").exists():
-        return set(DESIGN_SETTINGS)
+    """Names the code reads: the fields of core.settings.Settings."""
     from core.settings import Settings
 
     return {name.upper() for name in Settings.model_fields}
@@ -307,7 +300,8 @@ def test_state_tables_follow_the_code() -> None:
     declared = parse(INFRA / "main.bicep")["parameters"]["stateTableNames"]["default"]
     constants = set()
     for package in ("core", "connections", "rotation", "leases"):
-        for source in (ROOT / package).rglob("*.py") if (ROOT / package).exists() else []:
+        assert (ROOT / package).is_dir(), f"package {package}/ is missing"
+        for source in (ROOT / package).rglob("*.py"):
             constants |= set(
                 re.findall(
                     r'^[A-Z_]*TABLE[A-Z_]*\s*(?::\s*\w+)?\s*=\s*"([A-Za-z][A-Za-z0-9]*)"',
@@ -315,8 +309,55 @@ def test_state_tables_follow_the_code() -> None:
                     re.M,
                 )
             )
+    assert {"AuditLog", "AppConnections", "Leases"} <= constants, "the TABLE constants were not found"
     missing = constants - set(declared)
     assert not missing, f"add {sorted(missing)} to stateTableNames in infra/main.bicep"
+
+
+def test_event_grid_topic_takes_cloudevents_by_identity_only() -> None:
+    props = only(MODULES / "eventgrid.bicep", "Microsoft.EventGrid/topics")["properties"]
+    assert props["inputSchema"] == "CloudEventSchemaV1_0"
+    assert props["disableLocalAuth"] is True
+    assert props["minimumTlsVersionAllowed"] == "1.2"
+    outputs = parse(MODULES / "eventgrid.bicep")["outputs"]
+    assert accessor(outputs["endpoint"]["value"]) == "topic.properties.endpoint"
+    assert "eventGrid" in parse(INFRA / "main.bicep")["modules"]
+    assert "EVENTS_TOPIC_ENDPOINT" in parse(INFRA / "main.bicep")["outputs"]
+
+
+def test_zone_redundant_deployments_get_zone_redundant_storage() -> None:
+    main = parse(INFRA / "main.bicep")
+    skus = main["variables"]["zoneRedundantSkus"]["value"]
+    allowed = next(
+        d["argument"] for d in main["parameters"]["storageSku"]["decorators"] if d["type"] == "allowed"
+    )
+    assert set(skus) == set(allowed), "every allowed SKU needs its zone-redundant twin"
+    assert set(skus.values()) <= {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS"}
+    assert skus["Standard_GRS"] == "Standard_GZRS"
+    assert skus["Standard_LRS"] == "Standard_ZRS"
+    chosen = main["variables"]["effectiveStorageSku"]["value"]["operator"]
+    assert chosen["operands"]["condition"] == "zoneRedundant"
+    assert chosen["operands"]["true_value"]["operator"]["operands"] == {
+        "operand_1": "zoneRedundantSkus",
+        "operand_2": "storageSku",
+    }
+    assert body(main["modules"]["storage"])["params"]["skuName"] == "effectiveStorageSku"
+
+
+def test_cloud_specific_values_come_from_the_environment() -> None:
+    """The login endpoint follows the cloud the template is deployed to (sovereign clouds)."""
+    main = parse(INFRA / "main.bicep")
+    default = main["parameters"]["azureAuthorityHost"]["default"]
+    assert accessor(default) == "environment().authentication.loginEndpoint"
+    assert "login.microsoftonline.com" not in (INFRA / "main.bicep").read_text()
+
+
+def test_app_insights_retention_is_left_to_the_workspace() -> None:
+    """The component accepts only a fixed set of retention values; the workspace's applies anyway."""
+    props = only(MODULES / "monitoring.bicep", "Microsoft.Insights/components")["properties"]
+    assert "RetentionInDays" not in props
+    workspace = only(MODULES / "monitoring.bicep", "Microsoft.OperationalInsights/workspaces")
+    assert workspace["properties"]["retentionInDays"] == "retentionInDays"
 
 
 def test_key_vault_rbac_soft_delete_purge_protection() -> None:
@@ -373,11 +414,28 @@ def test_setting_values() -> None:
     assert settings["AUTH_MODE"] == "entra"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
-    assert settings["AzureWebJobsStorage__accountName"] == "storageAccountName"
+    # Host storage by service URI from the account's own endpoints (sovereign clouds), not by name.
+    assert "AzureWebJobsStorage__accountName" not in settings
+    assert settings["AzureWebJobsStorage__blobServiceUri"] == "storageBlobEndpoint"
+    assert settings["AzureWebJobsStorage__queueServiceUri"] == "storageQueueEndpoint"
+    assert settings["AzureWebJobsStorage__tableServiceUri"] == "storageTableEndpoint"
     assert settings["AZURE_CLIENT_ID"] == "identityClientId"
-    assert resolve(path, settings["TABLES_ENDPOINT"]) == (
-        "https://${storageAccountName}.table.${environment().suffixes.storage}"
-    )
+    assert settings["TABLES_ENDPOINT"] == "storageTableEndpoint"
+    assert settings["EVENTS_TOPIC_ENDPOINT"] == "eventsTopicEndpoint"
+    assert settings["INVENTORY_SCHEDULE"] == "inventorySchedule"
+    assert settings["DESTINATION_HOSTS"] == "destinationHosts"
+    main = parse(INFRA / "main.bicep")
+    passed = body(main["modules"]["functionApp"])["params"]
+    for name, output in (
+        ("storageBlobEndpoint", "blobEndpoint"),
+        ("storageQueueEndpoint", "queueEndpoint"),
+        ("storageTableEndpoint", "tableEndpoint"),
+    ):
+        assert accessor(passed[name]) == f"storage.outputs.{output}", name
+    assert accessor(passed["eventsTopicEndpoint"]) == "eventGrid.outputs.endpoint"
+    outputs = parse(MODULES / "storage.bicep")["outputs"]
+    for output, service in (("blobEndpoint", "blob"), ("queueEndpoint", "queue"), ("tableEndpoint", "table")):
+        assert accessor(outputs[output]["value"]) == f"storage.properties.primaryEndpoints.{service}"
     assert settings["KEY_VAULT_URL"] == "keyVaultUri"
     # The OAuth client secrets are Key Vault references (versionless: follow rotation).
     for name in (
@@ -435,15 +493,16 @@ def test_least_privilege_role_assignments() -> None:
         found[role_name] = name
     assert set(found) == set(ROLE_IDS), found
 
-    # Blob Data Owner covers exactly the deployment container and the host containers.
+    # Blob Data Owner on the account, as the Flex Consumption samples assign it (the host creates
+    # and lists its own containers); the containers it needs first still exist up front.
     main = parse(INFRA / "main.bicep")
-    containers = body(main["modules"]["rbac"])["params"]["blobContainerNames"]["function"]["parameters"]
-    assert "deploymentContainerName" in strings(containers["arg_1"])
-    assert containers["arg_2"] == "hostContainerNames"
     assert main["variables"]["hostContainerNames"]["value"] == [
         "azure-webjobs-hosts",
         "azure-webjobs-secrets",
     ]
+    params = body(main["modules"]["rbac"])["params"]
+    assert accessor(params["eventGridTopicName"]) == "eventGrid.outputs.name"
+    assert accessor(params["storageAccountName"]) == "storage.outputs.name"
     # The app is created only once its identity holds the roles.
     assert "rbac" in body(main["modules"]["functionApp"])["dependsOn"]
 
@@ -461,14 +520,21 @@ def alert_rules() -> dict[str, dict[str, Any]]:
         config = body(entry)
         criteria = config["properties"]["criteria"]["allOf"]
         assert len(criteria) == 1
-        query = criteria[0]["query"].replace("${eventsPrelude}", prelude)
+        query = resolve(path, criteria[0]["query"]).replace("${eventsPrelude}", prelude)
         out[name] = {"config": config, "criterion": criteria[0], "query": query}
     return out
 
 
-def test_alert_rules_cover_the_four_failure_kinds() -> None:
+def test_alert_rules_cover_the_failure_kinds() -> None:
     rules = alert_rules()
-    assert set(rules) == {"rotationFailed", "leaseRevokeFailed", "http5xxRate", "functionErrors"}
+    assert set(rules) == {
+        "rotationFailed",
+        "leaseRevokeFailed",
+        "http5xxRate",
+        "functionErrors",
+        "expiringUnmanaged",
+        "timerHeartbeat",
+    }
     assert '"rotation.failed"' in rules["rotationFailed"]["query"]
     assert "ev.connectionId" in rules["rotationFailed"]["query"]
     assert '"lease.revoke_failed"' in rules["leaseRevokeFailed"]["query"]
@@ -477,6 +543,8 @@ def test_alert_rules_cover_the_four_failure_kinds() -> None:
     assert "toint(resultCode) >= 500" in rules["http5xxRate"]["query"]
     assert "success == false" in rules["functionErrors"]["query"]
     assert "exceptions" in rules["functionErrors"]["query"]
+    assert '"credential.expiring"' in rules["expiringUnmanaged"]["query"]
+    assert "now() + 7d" in rules["expiringUnmanaged"]["query"]
     for name, rule in rules.items():
         props = rule["config"]["properties"]
         assert props["enabled"] is True, name
@@ -485,17 +553,49 @@ def test_alert_rules_cover_the_four_failure_kinds() -> None:
         criterion = rule["criterion"]
         assert criterion["operator"] == "GreaterThan", name
         assert criterion["metricMeasureColumn"] in rule["query"], name
+    # The heartbeat looks back 15 minutes for both timers that must run every minute.
+    heartbeat = rules["timerHeartbeat"]
+    assert heartbeat["config"]["properties"]["windowSize"] == "PT15M"
+    for timer in ("rotation_timer", "lease_expiry_timer"):
+        assert f'"{timer}"' in heartbeat["query"]
+    # The expiring-credential events come once a day per credential: the window covers a day.
+    assert rules["expiringUnmanaged"]["config"]["properties"]["windowSize"] == "P1D"
+
+
+def test_alerts_and_docs_name_the_functions_as_the_worker_registers_them() -> None:
+    """The HTTP function is `http_app_func` (AsgiFunctionApp's name), not `api`."""
+    from tests.test_function_app import _indexed  # the worker's own indexing, in a fresh interpreter
+
+    names = {f["name"] for f in _indexed()}
+    assert names == {"http_app_func", "rotation_timer", "lease_expiry_timer", "reconcile_timer"}
+    description = alert_rules()["functionErrors"]["config"]["properties"]["description"]
+    deploy_doc = (ROOT / "docs" / "DEPLOY.md").read_text()
+    for name in names:
+        assert name in description, name
+        assert f"`{name}`" in deploy_doc, name
+    assert "(`api`," not in deploy_doc
+
+
+def test_the_smoke_test_is_not_counted_as_a_5xx() -> None:
+    path = MODULES / "alerts.bicep"
+    marker = resolve(path, "smokeTestMarker")
+    workflow = (ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+    assert f"/api/health?{marker}" in workflow
+    rules = alert_rules()
+    for name in ("http5xxRate", "functionErrors"):
+        query = rules[name]["query"].replace("${smokeTestMarker}", marker)
+        assert f'url !has "{marker}"' in query, name
 
 
 def test_event_queries_match_the_log_contract() -> None:
     """The alerts read `BROKER_EVENT {json}` lines exactly as core/events.py writes them."""
+    from core import events
+
     prelude = resolve(MODULES / "alerts.bicep", "eventsPrelude")
+    assert events.PREFIX == EVENT_PREFIX
     assert f'message startswith "{EVENT_PREFIX}"' in prelude
     assert f"substring(message, {len(EVENT_PREFIX)})" in prelude
     assert "tostring(ev.event)" in prelude
-    events_module = ROOT / "core" / "events.py"
-    if events_module.exists():
-        assert f'PREFIX = "{EVENT_PREFIX}"' in events_module.read_text()
 
 
 def test_action_group_is_a_parameter() -> None:
@@ -576,6 +676,15 @@ def test_deploy_workflow_uses_oidc_tests_then_deploys() -> None:
 
     deploy = jobs["deploy"]
     assert deploy["needs"] == "test"
+    # One production deployment at a time, whatever ref started it; never cancelled half-way.
+    assert deploy["concurrency"] == {"group": "deploy-production", "cancel-in-progress": False}
+    assert "concurrency" not in document, "a workflow-wide group would also queue pull-request tests"
+    # Variables reach scripts through env:, never pasted into the script text (shell injection).
+    for job in jobs.values():
+        for step in job["steps"]:
+            assert "${{" not in step.get("run", ""), (
+                f"step {step.get('name')!r} expands an expression in run:"
+            )
     assert deploy["permissions"]["id-token"] == "write"
     steps = deploy["steps"]
     login = next(step for step in steps if str(step.get("uses", "")).startswith("azure/login@"))

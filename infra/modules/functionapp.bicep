@@ -20,11 +20,14 @@ param identityId string
 @description('Client ID of the broker user-assigned managed identity.')
 param identityClientId string
 
-@description('Name of the storage account (host storage, deployment container, state tables).')
-param storageAccountName string
-
 @description('Blob endpoint of the storage account, with a trailing slash.')
 param storageBlobEndpoint string
+
+@description('Queue endpoint of the storage account (Functions host storage by identity).')
+param storageQueueEndpoint string
+
+@description('Table endpoint of the storage account (host storage and the state tables).')
+param storageTableEndpoint string
 
 @description('Deployment package container.')
 param deploymentContainerName string
@@ -96,8 +99,19 @@ param leaseRetentionDays int
 @description('Prefix of every state table name.')
 param tablePrefix string
 
+@description('NCRONTAB (with seconds) of the credential inventory timer.')
+param inventorySchedule string
+
+@description('Days before expiry from which the inventory records a credential.')
+param expiryWarningDays int
+
+@description('Event Grid topic endpoint the broker publishes CloudEvents to.')
+param eventsTopicEndpoint string
+
+@description('Comma-separated host[:port] globs that a destination URL must match.')
+param destinationHosts string
+
 var effectiveSiteUrl = empty(siteUrl) ? 'https://${name}.azurewebsites.net' : siteUrl
-var tablesEndpoint = 'https://${storageAccountName}.table.${environment().suffixes.storage}'
 var azureClientSecretsOAuthSecretRef = '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${azureClientSecretsOAuthSecretName}/)'
 var azureDevOpsOAuthSecretRef = '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${azureDevOpsOAuthSecretName}/)'
 
@@ -144,10 +158,20 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       http20Enabled: true
       ftpsState: 'Disabled'
       appSettings: [
-        // Functions host storage and telemetry, by identity (no keys anywhere).
+        // Functions host storage and telemetry, by identity (no keys anywhere). Service URIs
+        // from the account's own endpoints rather than __accountName, which assumes the
+        // public cloud's suffix.
         {
-          name: 'AzureWebJobsStorage__accountName'
-          value: storageAccountName
+          name: 'AzureWebJobsStorage__blobServiceUri'
+          value: storageBlobEndpoint
+        }
+        {
+          name: 'AzureWebJobsStorage__queueServiceUri'
+          value: storageQueueEndpoint
+        }
+        {
+          name: 'AzureWebJobsStorage__tableServiceUri'
+          value: storageTableEndpoint
         }
         {
           name: 'AzureWebJobsStorage__credential'
@@ -173,7 +197,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         // State and secrets.
         {
           name: 'TABLES_ENDPOINT'
-          value: tablesEndpoint
+          value: storageTableEndpoint
         }
         {
           name: 'TABLE_PREFIX'
@@ -244,8 +268,25 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           value: reconcileSchedule
         }
         {
+          name: 'INVENTORY_SCHEDULE'
+          value: inventorySchedule
+        }
+        {
           name: 'LEASE_RETENTION_DAYS'
           value: string(leaseRetentionDays)
+        }
+        {
+          name: 'EXPIRY_WARNING_DAYS'
+          value: string(expiryWarningDays)
+        }
+        // Events (CloudEvents on Event Grid, by identity) and where destinations may point.
+        {
+          name: 'EVENTS_TOPIC_ENDPOINT'
+          value: eventsTopicEndpoint
+        }
+        {
+          name: 'DESTINATION_HOSTS'
+          value: destinationHosts
         }
       ]
     }

@@ -45,7 +45,8 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
     WorkspaceResourceId: workspace.id
     IngestionMode: 'LogAnalytics'
     DisableLocalAuth: true
-    RetentionInDays: retentionInDays
+    // No RetentionInDays: a workspace-based component keeps its data in the workspace, whose
+    // retention (30-730 days) applies; the component accepts only 30/60/90/120/180/270/365/550/730.
   }
 }
 

@@ -26,7 +26,7 @@ param hostContainerNames array = [
 @description('Tables the broker keeps its state in (already prefixed with TABLE_PREFIX).')
 param tableNames array
 
-@description('Storage redundancy. Geo-redundant by default so that the state survives a regional outage.')
+@description('Storage redundancy. Geo-redundant by default so that the state survives a regional outage; main.bicep picks the zone-redundant twin (ZRS/GZRS) when zoneRedundant is on.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
@@ -119,5 +119,6 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
 output id string = storage.id
 output name string = storage.name
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
+output queueEndpoint string = storage.properties.primaryEndpoints.queue
 output tableEndpoint string = storage.properties.primaryEndpoints.table
 output deploymentContainerName string = deploymentContainer.name

@@ -17,7 +17,7 @@ from typing import Any
 
 from .state import iso, new_id, utcnow
 
-SERVICES = ("token", "graph", "keyvault", "devops", "appconfig")
+SERVICES = ("token", "graph", "keyvault", "devops", "appconfig", "eventgrid")
 SERVICE_ALIASES = {
     "entra": "token",
     "aad": "token",

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from . import appconfig, control, devops, entra, graph, keyvault, seeding, variable_groups
+from . import appconfig, control, devops, entra, eventgrid, graph, keyvault, seeding, variable_groups
 from .ca import TlsMaterial, create_tls_material, shared_tls_material, trust_ca_file
 from .faults import FaultRule, Faults, RequestRecord, fault_body, normalize_service
 from .state import (
@@ -56,6 +56,8 @@ def create_app(state: FakeState, faults: Faults, handle: FakeAzure | None = None
     app.state.azure = state
     app.state.faults = faults
     app.state.handle = handle
+    app.state.topics = handle.topics if handle else eventgrid.TopicStore()
+    app.include_router(eventgrid.router)
     app.include_router(control.router)
     app.include_router(keyvault.router)
     app.include_router(appconfig.router)
@@ -100,6 +102,8 @@ class FaultLayer:
             return "graph", scope
         if path.startswith(devops.PREFIX + "/"):
             return "devops", scope
+        if path.startswith(eventgrid.PREFIX + "/"):
+            return "eventgrid", scope
         return "token", scope
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -253,6 +257,7 @@ class FakeAzure:
             devops_endpoint=self.devops_endpoint,
         )
         self.faults = Faults()
+        self.topics = eventgrid.TopicStore()
         app = create_app(self.state, self.faults, self)
         layer = FaultLayer(app, self.faults, self.vault_port)
         config = uvicorn.Config(
@@ -459,6 +464,19 @@ class FakeAzure:
 
     def revoke_pat(self, token: str) -> None:
         self.state.revoke_pat(token)
+
+    def add_topic(self, name: str, senders: Iterable[Application | str] | None = None) -> str:
+        """An Event Grid topic (CloudEvents schema, Entra ID only); returns its endpoint.
+        `senders`: the apps (service principals in their tenant) or object ids with EventGrid Data Sender."""
+        oids = None
+        if senders is not None:
+            oids = {s if isinstance(s, str) else self.state.service_principal(s).id for s in senders}
+        self.topics.add(name, oids)
+        return f"{self.base_url}{eventgrid.PREFIX}/topics/{name}/api/events"
+
+    def topic_events(self, name: str) -> list[dict[str, Any]]:
+        """The CloudEvents the topic accepted, oldest first."""
+        return self.topics.events(name)
 
     def set_secret(self, name: str, value: str, content_type: str | None = None) -> SecretVersion:
         """Put a Key Vault secret version directly."""

@@ -551,6 +551,7 @@ class FakeState:
             "https://storage.azure.com": "storage",
             "https://appconfig.azure.com": "appconfig",
             "https://azconfig.io": "appconfig",
+            "https://eventgrid.azure.net": "eventgrid",
         }
         if lowered in fixed:
             return Resource(fixed[lowered], norm)
