@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the shared fixtures are imported and then named as test arguments
 """The Azure stand-in, driven through the real SDKs (azure-identity, msgraph, Key Vault) and httpx."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -39,7 +40,8 @@ from msgraph.generated.models.user import User as GraphUser
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 
-from tests.azure_fake import FakeAzure, Tenant, make_self_signed_certificate, start_fake_azure
+from tests.azure_fake import FakeAzure, Tenant, make_self_signed_certificate
+from tests.azure_fake.fixtures import fake, healthy_fake, http, tenant  # noqa: F401 (pytest fixtures)
 from tests.azure_fake.state import Application
 
 DEVOPS = "499b84ac-1321-427f-aa17-267ca6975798"
@@ -47,30 +49,6 @@ CALLBACK = "https://broker.example/organization/app-connections/azure/oauth/call
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeAzure]:
-    instance = start_fake_azure()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture(autouse=True)
-def _healthy(fake: FakeAzure) -> Iterator[None]:
-    yield
-    fake.reset_faults()
-
-
-@pytest.fixture(scope="module")
-def tenant(fake: FakeAzure) -> Tenant:
-    return fake.add_tenant(domain="contoso.example")
-
-
-@pytest.fixture
-def http(fake: FakeAzure) -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
 
 
 def new_app(

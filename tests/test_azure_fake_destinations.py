@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the shared fixtures are imported and then named as test arguments
 """The stand-in's destination services, driven through the real SDKs: named vaults by path
 (SecretClient), App Configuration stores (AzureAppConfigurationClient), DevOps variable groups
 (httpx, as the broker calls them)."""
@@ -8,7 +9,7 @@ import base64
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,28 +23,11 @@ from azure.core.exceptions import (
 )
 from azure.identity.aio import ClientSecretCredential
 
-from tests.azure_fake import FakeAzure, Tenant, start_fake_azure
+from tests.azure_fake import FakeAzure, Tenant
+from tests.azure_fake.fixtures import fake, healthy_fake, http, tenant  # noqa: F401 (pytest fixtures)
 from tests.azure_fake.state import Application
 
 KV_REF = "application/vnd.microsoft.appconfig.keyvaultref+json;charset=utf-8"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeAzure]:
-    instance = start_fake_azure()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture(autouse=True)
-def _healthy(fake: FakeAzure) -> Iterator[None]:
-    yield
-    fake.reset_faults()
-
-
-@pytest.fixture(scope="module")
-def tenant(fake: FakeAzure) -> Tenant:
-    return fake.add_tenant(domain="contoso.example")
 
 
 @pytest.fixture
@@ -154,6 +138,11 @@ async def test_named_vault_soft_delete_blocks_the_name_until_recovered(
         await client.recover_deleted_secret("db-password")
         assert (await client.set_secret("db-password", "v2")).value == "v2"
         assert len([v async for v in client.list_properties_of_secret_versions("db-password")]) == 2
+        for i in range(30):
+            fake.set_vault_secret(vault, f"bulk-{i:02d}", "x")
+        names = [p.name async for p in client.list_properties_of_secrets(max_page_size=7)]  # 5 pages
+        assert len(names) == 31
+        assert fake.request_count("keyvault", f"^/vaults/{vault.name}/secrets$", "GET") == 5
         with pytest.raises(HttpResponseError) as bad_name:
             await client.set_secret("has_underscore", "x")
         assert bad_name.value.status_code == 400
@@ -301,12 +290,12 @@ def basic(pat: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f":{pat}".encode()).decode()}
 
 
-def test_variable_groups_hide_secrets_and_replace_on_put(fake: FakeAzure, http_client: httpx.Client) -> None:
+def test_variable_groups_hide_secrets_and_replace_on_put(fake: FakeAzure, http: httpx.Client) -> None:
     org = fake.add_devops_org(unique("org"), projects=["web", "ops"])
     fake.add_variable_group(org, "web", "web-secrets", {"Region": "westeurope"}, {"DbPassword": "db-1"})
     pat = fake.add_pat(org, ["vso.variablegroups_manage"])
     base = f"{fake.devops_endpoint}/{org.name}"
-    found = http_client.get(
+    found = http.get(
         f"{base}/web/_apis/distributedtask/variablegroups",
         params={"groupName": "web-secrets", "api-version": "7.1"},
         headers=basic(pat),
@@ -325,7 +314,7 @@ def test_variable_groups_hide_secrets_and_replace_on_put(fake: FakeAzure, http_c
 
     # Read-modify-write: the broker adds its secret and sends the other variables back as read.
     group["variables"]["ClientSecret"] = {"value": "rotated-1", "isSecret": True}
-    put = http_client.put(
+    put = http.put(
         f"{base}/_apis/distributedtask/variablegroups/{group['id']}",
         params={"api-version": "7.1"},
         json=group,
@@ -343,7 +332,7 @@ def test_variable_groups_hide_secrets_and_replace_on_put(fake: FakeAzure, http_c
 
     # PUT replaces: a variable left out is gone (why the broker must read first).
     only_ours = {**group, "variables": {"ClientSecret": {"value": None, "isSecret": True}}}
-    http_client.put(
+    http.put(
         f"{base}/_apis/distributedtask/variablegroups/{group['id']}",
         params={"api-version": "7.1"},
         json=only_ours,
@@ -354,17 +343,26 @@ def test_variable_groups_hide_secrets_and_replace_on_put(fake: FakeAzure, http_c
     assert set(wiped.variables) == {"ClientSecret"}
     assert wiped.variables["ClientSecret"].value == "rotated-1"
 
+    # A lost answer: DevOps applied the write, the client saw 504 (only a read-back tells).
+    fake.inject("devops", "lost", path_pattern="variablegroups", method="PUT")
+    lost = http.put(
+        f"{base}/_apis/distributedtask/variablegroups/{group['id']}",
+        params={"api-version": "7.1"},
+        json={**group, "variables": {"ClientSecret": {"value": "rotated-2", "isSecret": True}}},
+        headers=basic(pat),
+    )
+    assert lost.status_code == 504
+    assert fake.variable_group(org, group["id"]).variables["ClientSecret"].value == "rotated-2"  # type: ignore[union-attr]
 
-def test_variable_groups_create_lookup_and_refusals(fake: FakeAzure, http_client: httpx.Client) -> None:
+
+def test_variable_groups_create_lookup_and_refusals(fake: FakeAzure, http: httpx.Client) -> None:
     org = fake.add_devops_org(unique("org"), projects=["web"])
     manage = fake.add_pat(org, ["vso.variablegroups_manage", "vso.project"])
     read_only = fake.add_pat(org, ["vso.variablegroups_read"])
     base = f"{fake.devops_endpoint}/{org.name}"
-    project = http_client.get(
-        f"{base}/_apis/projects/web", params={"api-version": "7.1"}, headers=basic(manage)
-    )
+    project = http.get(f"{base}/_apis/projects/web", params={"api-version": "7.1"}, headers=basic(manage))
     assert project.status_code == 200
-    created = http_client.post(
+    created = http.post(
         f"{base}/_apis/distributedtask/variablegroups",
         params={"api-version": "7.1"},
         json={
@@ -379,41 +377,41 @@ def test_variable_groups_create_lookup_and_refusals(fake: FakeAzure, http_client
     )
     assert created.status_code == 200
     group_id = created.json()["id"]
-    by_id = http_client.get(
+    by_id = http.get(
         f"{base}/web/_apis/distributedtask/variablegroups/{group_id}",
         params={"api-version": "7.1"},
         headers=basic(read_only),
     )
     assert by_id.json()["name"] == "pipeline"
     url = f"{base}/_apis/distributedtask/variablegroups/{group_id}?api-version=7.1"
-    no_write = http_client.put(url, json=by_id.json(), headers=basic(read_only))
+    no_write = http.put(url, json=by_id.json(), headers=basic(read_only))
     assert no_write.status_code == 401
     assert "TF400813" in no_write.json()["message"]
-    unknown_pat = http_client.put(url, json=by_id.json(), headers=basic("x" * 52))
+    unknown_pat = http.put(url, json=by_id.json(), headers=basic("x" * 52))
     assert unknown_pat.status_code == 203
     assert "Sign In" in unknown_pat.text
-    missing = http_client.get(
+    missing = http.get(
         f"{base}/web/_apis/distributedtask/variablegroups/999",
         params={"api-version": "7.1"},
         headers=basic(manage),
     )
     assert missing.status_code == 404
     assert missing.json()["typeKey"] == "VariableGroupNotFoundException"
-    no_project = http_client.get(
+    no_project = http.get(
         f"{base}/nope/_apis/distributedtask/variablegroups",
         params={"api-version": "7.1"},
         headers=basic(manage),
     )
     assert no_project.status_code == 404
     assert "TF200016" in no_project.json()["message"]
-    none_found = http_client.get(
+    none_found = http.get(
         f"{base}/web/_apis/distributedtask/variablegroups",
         params={"groupName": "absent", "api-version": "7.1"},
         headers=basic(manage),
     )
     assert none_found.json() == {"count": 0, "value": []}
     fake.inject("devops", "429", count=1, retry_after=2, path_pattern="variablegroups")
-    throttled = http_client.get(
+    throttled = http.get(
         f"{base}/web/_apis/distributedtask/variablegroups",
         params={"api-version": "7.1"},
         headers=basic(manage),
@@ -422,37 +420,29 @@ def test_variable_groups_create_lookup_and_refusals(fake: FakeAzure, http_client
     assert throttled.headers["Retry-After"] == "2"
 
 
-@pytest.fixture
-def http_client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
-
-
 def test_control_api_seeds_destinations_without_showing_secrets(
-    fake: FakeAzure, tenant: Tenant, http_client: httpx.Client
+    fake: FakeAzure, tenant: Tenant, http: httpx.Client
 ) -> None:
     control = f"{fake.base_url}/_control"
     app = fake.add_application(tenant, unique("ctl"))
-    vault = http_client.post(f"{control}/vaults", json={"name": unique("ctl")})
+    vault = http.post(f"{control}/vaults", json={"name": unique("ctl")})
     assert vault.status_code == 201
     assert vault.json()["url"] == fake.vault_url(vault.json()["name"])
     role = {"principal": app.app_id, "role": "Key Vault Secrets Officer"}
-    assert http_client.post(f"{control}/vaults/{vault.json()['name']}/roles", json=role).status_code == 204
-    bad_role = http_client.post(
-        f"{control}/vaults/{vault.json()['name']}/roles", json={**role, "role": "Owner"}
-    )
+    assert http.post(f"{control}/vaults/{vault.json()['name']}/roles", json=role).status_code == 204
+    bad_role = http.post(f"{control}/vaults/{vault.json()['name']}/roles", json={**role, "role": "Owner"})
     assert bad_role.status_code == 400
-    store = http_client.post(f"{control}/stores", json={"name": unique("ctl")}).json()
+    store = http.post(f"{control}/stores", json={"name": unique("ctl")}).json()
     owner = {"principal": app.app_id, "role": "App Configuration Data Owner"}
-    assert http_client.post(f"{control}/stores/{store['name']}/roles", json=owner).status_code == 204
+    assert http.post(f"{control}/stores/{store['name']}/roles", json=owner).status_code == 204
     org = fake.add_devops_org(unique("ctl"), projects=["web"])
-    group = http_client.post(
+    group = http.post(
         f"{control}/devops/organizations/{org.name}/variablegroups",
         json={"project": "web", "name": "g", "variables": {"A": "1"}, "secrets": {"S": "hidden-value"}},
     )
     assert group.status_code == 201
     fake.set_vault_secret(vault.json()["name"], "kv-secret", "hidden-kv-value")
-    summary = http_client.get(f"{control}/state")
+    summary = http.get(f"{control}/state")
     sp = fake.service_principal(app)
     (listed_vault,) = [v for v in summary.json()["vaults"] if v["name"] == vault.json()["name"]]
     assert listed_vault["roles"] == {sp.id: ["Key Vault Secrets Officer"]}
@@ -460,3 +450,40 @@ def test_control_api_seeds_destinations_without_showing_secrets(
     assert any(g["name"] == "g" and g["variables"] == ["A", "S"] for g in summary.json()["variableGroups"])
     assert "hidden-value" not in summary.text
     assert "hidden-kv-value" not in summary.text
+
+
+async def test_demo_seed_gives_the_rotated_app_its_destinations() -> None:
+    from azure.appconfiguration import ConfigurationSetting
+    from azure.appconfiguration.aio import AzureAppConfigurationClient
+    from azure.keyvault.secrets.aio import SecretClient
+
+    from tests.azure_fake import start_fake_azure
+    from tests.azure_fake.__main__ import seed_demo
+
+    demo_fake = start_fake_azure()
+    try:
+        demo = seed_demo(demo_fake)
+        rotated = demo["rotated app (Application.ReadWrite.All)"]
+        places = demo["destinations (the rotated app holds the roles)"]
+        cred = ClientSecretCredential(
+            demo["tenant"]["id"],
+            rotated["clientId"],
+            rotated["clientSecret"],
+            authority=demo_fake.authority_host,
+        )
+        vault = SecretClient(places["vaultUrl"], cred, verify_challenge_resource=False)
+        config = AzureAppConfigurationClient(places["appConfigEndpoint"], cred)
+        try:
+            await vault.set_secret("web-app-secret", "demo")
+            await config.set_configuration_setting(ConfigurationSetting(key="web", value="demo"))
+        finally:
+            await vault.close()
+            await config.close()
+            await cred.close()
+        assert demo_fake.vault_secret("apps", "web-app-secret") is not None
+        assert demo_fake.app_config_value("config", "web") is not None
+        group = demo_fake.variable_group(demo["devops"]["organization"], "web-secrets")
+        assert group is not None
+        assert group.variables["Region"].value == "westeurope"
+    finally:
+        demo_fake.stop()

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the shared fixtures are imported and then named as test arguments
 """The stand-in's Graph for secret rotations and the inventory, through msgraph and azure-identity:
 target apps and their owners, Application.ReadWrite.OwnedBy as Graph enforces it, end dates
 honoured at sign-in, and a tenant of 250 apps listed page by page."""
@@ -8,7 +9,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,28 +35,11 @@ from msgraph.generated.models.reference_create import ReferenceCreate
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 
-from tests.azure_fake import FakeAzure, Tenant, start_fake_azure
+from tests.azure_fake import FakeAzure, Tenant
+from tests.azure_fake.fixtures import fake, healthy_fake, http, tenant  # noqa: F401 (pytest fixtures)
 from tests.azure_fake.state import Application
 
 UTC = dt.UTC
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeAzure]:
-    instance = start_fake_azure()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture(autouse=True)
-def _healthy(fake: FakeAzure) -> Iterator[None]:
-    yield
-    fake.reset_faults()
-
-
-@pytest.fixture(scope="module")
-def tenant(fake: FakeAzure) -> Tenant:
-    return fake.add_tenant(domain="contoso.example")
 
 
 @pytest.fixture

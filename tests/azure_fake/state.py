@@ -638,6 +638,7 @@ class FakeState:
                 "graph": set(delegated_permissions),
                 "devops": {"user_impersonation"},
                 "keyvault": {"user_impersonation"},
+                "appconfig": {"KeyValue.Read", "KeyValue.Write", "KeyValue.Delete"},
             },
         )
         with self.lock:
