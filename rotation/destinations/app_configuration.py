@@ -101,9 +101,15 @@ async def deliver(
     value, content_type = expected(secret, reference)
     setting = ConfigurationSetting(key=dest.key, label=dest.label, value=value, content_type=content_type)
     async with _client(dest, access) as client:
-        await azure_gateway.call(
-            "setKeyValue", lambda: client.set_configuration_setting(setting), kind="appconfig"
-        )
+        try:
+            await azure_gateway.call(
+                "setKeyValue", lambda: client.set_configuration_setting(setting), kind="appconfig"
+            )
+        except AzureFailure as failure:
+            if failure.status not in (401, 403):
+                raise
+            message = f"{access.principal} needs the '{ROLE}' role on the store {dest.endpoint}"
+            raise AzureFailure(failure.step, failure.status, failure.code, message) from None
         return await _read(client, dest, secret, reference)
 
 

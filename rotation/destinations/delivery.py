@@ -24,7 +24,9 @@ from rotation.destinations.models import (
     DestinationState,
     DevOpsVariableGroupDestination,
     KeyVaultDestination,
+    check_destinations,
     destination_id,
+    host_refusal,
     reference_vault,
 )
 
@@ -68,6 +70,8 @@ async def validate_all(
     destinations: list[Destination], access_for: AccessFor, field_name: str = "destinations"
 ) -> None:
     """Reach every destination once, concurrently; all refusals in one 422 (else the first problem)."""
+
+    check_destinations(destinations, field_name)  # never send a token to a host not allowed
 
     async def one(index: int, dest: Destination) -> None:
         await validate_one(dest, await access_for(dest), f"{field_name}[{index}]")
@@ -169,6 +173,7 @@ class _Run:
     async def deliver(self, dest: Destination, *, drifted: bool = False) -> None:
         state = self.state(dest)
         try:
+            _guard(dest)
             access = await self.access_for(dest)
             held = await _write(dest, access, self.secret, self.reference(dest))
             if not held.present or held.matches is False:
@@ -187,6 +192,7 @@ class _Run:
                 await self.deliver(dest, drifted=state.status == "drifted")
             return
         try:
+            _guard(dest)
             held = await _read(dest, await self.access_for(dest), self.secret, self.reference(dest))
         except Exception as error:
             self.failed(dest, state, error, drifted=False)
@@ -216,6 +222,12 @@ class _Run:
         for batch in (first, rest):
             await asyncio.gather(*(action(d) for d in batch))
         return [self.states[destination_id(d)] for d in self.destinations]
+
+
+def _guard(dest: Destination) -> None:
+    refusal = host_refusal(dest)
+    if refusal is not None:
+        raise AzureFailure("checkHost", 422, "HostNotAllowed", refusal)
 
 
 def _drift(dest: Destination, state: DestinationState, held: Held) -> str | None:

@@ -75,8 +75,23 @@ async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "de
             raise failure.problem(validating=True, fields={"clientId": f"{at}.vaultUrl"}) from None
 
 
+def _with_role(failure: AzureFailure, dest: KeyVaultDestination, access: AzureAccess) -> AzureFailure:
+    """A refusal's `lastError` names the role to grant; other failures pass unchanged."""
+    if failure.status not in (401, 403):
+        return failure
+    message = f"{access.principal} needs the '{ROLE}' role on {dest.vault_url}"
+    return AzureFailure(failure.step, failure.status, failure.code, message)
+
+
 async def deliver(dest: KeyVaultDestination, access: AzureAccess, secret: SecretToDeliver) -> Held:
     """Set a new version (recovering a soft-deleted name first) and read it back."""
+    try:
+        return await _deliver(dest, access, secret)
+    except AzureFailure as failure:
+        raise _with_role(failure, dest, access) from None
+
+
+async def _deliver(dest: KeyVaultDestination, access: AzureAccess, secret: SecretToDeliver) -> Held:
     async with _client(dest, access) as client:
 
         async def send() -> object:

@@ -185,6 +185,18 @@ def check_destinations(destinations: list[Destination], field: str = "destinatio
         raise Unprocessable("The destinations have invalid fields; see errors.", errors)
 
 
+def host_refusal(dest: Destination) -> str | None:
+    """Why the broker may not send anything to this destination now (DESTINATION_HOSTS may have
+    changed since it was accepted), or None. Checked again before every request."""
+    if isinstance(dest, KeyVaultDestination):
+        problem = _url_error("vaultUrl", dest.vault_url)
+    elif isinstance(dest, AppConfigurationDestination):
+        problem = _url_error("endpoint", dest.endpoint)
+    else:
+        return None
+    return None if problem is None else f"{problem.field}: {problem.message}"
+
+
 def reference_vault(destinations: list[Destination]) -> KeyVaultDestination | None:
     """The key-vault destination an App Configuration reference points at: the first one."""
     return next((d for d in destinations if isinstance(d, KeyVaultDestination)), None)
