@@ -477,3 +477,25 @@ async def test_one_failing_destination_does_not_stop_the_others(
     )
     assert later.synced == [s.id for s in states]
     assert fake_azure.variable_group(org, "gone").variables["Other"].value == "x"
+
+
+async def test_devops_lost_update_is_read_again_before_writing_again(
+    fake_azure: Any, devops: tuple[Any, str]
+) -> None:
+    """A PUT whose answer is lost may have landed: the group is read (and re-checked) before the
+    next write, so the second body is built from what is there now, never replayed."""
+    org, pat = devops
+    dest, access = group_dest(), devops_access(org, pat)
+    group_id = fake_azure.variable_group(org, "web-secrets").id
+    path = rf"/{org.name}/.*variablegroups/{group_id}$"
+    fake_azure.inject("devops", "lost", count=1, path_pattern=path, method="PUT")
+    secret = rotated()
+    [state] = await deliver_all("r1", [dest], _fixed(access), secret)
+    assert state.status == "synced", state.last_error
+    assert fake_azure.request_count("devops", path_pattern=path, method="PUT") == 2
+    log = [(r.method, r.path) for r in fake_azure.request_log("devops") if org.name in r.path]
+    put_at = [i for i, (method, _) in enumerate(log) if method == "PUT"]
+    assert any(method == "GET" for method, _ in log[put_at[0] + 1 : put_at[1]])
+    group = fake_azure.variable_group(org, "web-secrets")
+    assert group.variables["DbPassword"].value == "db-secret-1"
+    assert group.variables["ClientSecret"].value == secret.value.get_secret_value()
