@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from core.azure_failure import AzureFailure
+from core.errors import FieldError, Unprocessable
+
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
@@ -68,3 +71,25 @@ class Held:
     version: str | None = None
     key_id: str | None = None
     matches: bool | None = None
+
+
+def needs_role(role: str, where: str, access: AzureAccess) -> str:
+    return f"{access.principal} needs the '{role}' role on {where}; grant it and try again"
+
+
+def role_refusal(failure: AzureFailure, field: str, fix: str, service: str) -> Unprocessable:
+    """A 401/403 met while validating, as a 422 on the URL field naming the role to grant."""
+    return Unprocessable(
+        f"{service} refused the request ({failure.code}).",
+        [FieldError(field, fix)],
+        extra={"step": failure.step, "azureCode": failure.code},
+        code="azure-refused",
+    )
+
+
+def with_role(failure: AzureFailure, fix: str) -> AzureFailure:
+    """A 401/403 met while delivering keeps its step and code, with the fix as its message (for
+    `lastError`); any other failure is returned unchanged."""
+    if failure.status not in (401, 403):
+        return failure
+    return AzureFailure(failure.step, failure.status, failure.code, fix)

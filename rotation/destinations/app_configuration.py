@@ -15,8 +15,14 @@ from typing import TYPE_CHECKING
 
 from core import azure_gateway
 from core.azure_failure import AzureFailure
-from core.errors import FieldError, Unprocessable
-from rotation.destinations.access import AzureAccess, Held, SecretToDeliver
+from rotation.destinations.access import (
+    AzureAccess,
+    Held,
+    SecretToDeliver,
+    needs_role,
+    role_refusal,
+    with_role,
+)
 from rotation.destinations.models import AppConfigurationDestination
 
 if TYPE_CHECKING:
@@ -38,21 +44,8 @@ async def _client(
         yield client
 
 
-def _refused(
-    failure: AzureFailure, dest: AppConfigurationDestination, access: AzureAccess, at: str
-) -> Unprocessable:
-    return Unprocessable(
-        f"App Configuration refused {access.principal} ({failure.code}).",
-        [
-            FieldError(
-                f"{at}.endpoint",
-                f"{access.principal} needs the '{ROLE}' role on the store {dest.endpoint}; "
-                "grant it and try again",
-            )
-        ],
-        extra={"step": failure.step, "azureCode": failure.code},
-        code="azure-refused",
-    )
+def _fix(dest: AppConfigurationDestination, access: AzureAccess) -> str:
+    return needs_role(ROLE, f"the store {dest.endpoint}", access)
 
 
 def expected(secret: SecretToDeliver, reference: str | None) -> tuple[str, str | None]:
@@ -85,7 +78,9 @@ async def validate(dest: AppConfigurationDestination, access: AzureAccess, at: s
             await _get(client, dest)
         except AzureFailure as failure:
             if failure.status in (401, 403):
-                raise _refused(failure, dest, access, at) from None
+                raise role_refusal(
+                    failure, f"{at}.endpoint", _fix(dest, access), "App Configuration"
+                ) from None
             raise failure.problem(validating=True, fields={"clientId": f"{at}.endpoint"}) from None
 
 
@@ -106,10 +101,7 @@ async def deliver(
                 "setKeyValue", lambda: client.set_configuration_setting(setting), kind="appconfig"
             )
         except AzureFailure as failure:
-            if failure.status not in (401, 403):
-                raise
-            message = f"{access.principal} needs the '{ROLE}' role on the store {dest.endpoint}"
-            raise AzureFailure(failure.step, failure.status, failure.code, message) from None
+            raise with_role(failure, _fix(dest, access)) from None
         return await _read(client, dest, secret, reference)
 
 

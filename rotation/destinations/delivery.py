@@ -87,20 +87,18 @@ async def validate_all(
         raise Unprocessable("A destination refused the broker; see errors.", errors, code="azure-refused")
 
 
-async def _write(dest: Destination, access: Access, secret: SecretToDeliver, reference: str | None) -> Held:
+async def _held(
+    dest: Destination, access: Access, secret: SecretToDeliver, reference: str | None, *, write: bool
+) -> Held:
+    """Deliver and read back (`write`), or only read back."""
     if isinstance(dest, KeyVaultDestination):
-        return await key_vault.deliver(dest, _azure(access), secret)
+        vault_op = key_vault.deliver if write else key_vault.read_back
+        return await vault_op(dest, _azure(access), secret)
     if isinstance(dest, AppConfigurationDestination):
-        return await app_configuration.deliver(dest, _azure(access), secret, reference)
-    return await devops_group.deliver(dest, _devops(access), secret)
-
-
-async def _read(dest: Destination, access: Access, secret: SecretToDeliver, reference: str | None) -> Held:
-    if isinstance(dest, KeyVaultDestination):
-        return await key_vault.read_back(dest, _azure(access), secret)
-    if isinstance(dest, AppConfigurationDestination):
-        return await app_configuration.read_back(dest, _azure(access), secret, reference)
-    return await devops_group.read_back(dest, _devops(access), secret)
+        store_op = app_configuration.deliver if write else app_configuration.read_back
+        return await store_op(dest, _azure(access), secret, reference)
+    group_op = devops_group.deliver if write else devops_group.read_back
+    return await group_op(dest, _devops(access), secret)
 
 
 def _describe(error: BaseException) -> str:
@@ -148,13 +146,16 @@ class _Run:
             }
         )
         log.warning("delivery to %s %s failed: %s", dest.type, state.id, message)
+        self.event("delivery.failed", dest, error=message)
+
+    def event(self, name: str, dest: Destination, **fields: str) -> None:
         events.emit(
-            "delivery.failed",
+            name,
             level=logging.WARNING,
             secretRotationId=self.rotation_id,
-            destination=state.id,
+            destination=destination_id(dest),
             destinationType=dest.type,
-            error=message,
+            **fields,
         )
 
     def synced(self, state: DestinationState, held: Held) -> None:
@@ -175,7 +176,7 @@ class _Run:
         try:
             _guard(dest)
             access = await self.access_for(dest)
-            held = await _write(dest, access, self.secret, self.reference(dest))
+            held = await _held(dest, access, self.secret, self.reference(dest), write=True)
             if not held.present or held.matches is False:
                 raise AzureFailure(
                     "readBack", 409, "NotConfirmed", "the read-back did not show the delivered secret"
@@ -193,7 +194,8 @@ class _Run:
             return
         try:
             _guard(dest)
-            held = await _read(dest, await self.access_for(dest), self.secret, self.reference(dest))
+            access = await self.access_for(dest)
+            held = await _held(dest, access, self.secret, self.reference(dest), write=False)
         except Exception as error:
             self.failed(dest, state, error, drifted=False)
             return
@@ -201,14 +203,7 @@ class _Run:
         if reason is None:
             return
         self.drifted.append(state.id)
-        events.emit(
-            "delivery.drifted",
-            level=logging.WARNING,
-            secretRotationId=self.rotation_id,
-            destination=state.id,
-            destinationType=dest.type,
-            reason=reason,
-        )
+        self.event("delivery.drifted", dest, reason=reason)
         await self.deliver(dest, drifted=True)
 
     def state(self, dest: Destination) -> DestinationState:

@@ -15,8 +15,14 @@ from typing import TYPE_CHECKING
 from core import azure_gateway
 from core.azure_clients import is_loopback
 from core.azure_failure import AzureFailure
-from core.errors import FieldError, Unprocessable
-from rotation.destinations.access import AzureAccess, Held, SecretToDeliver
+from rotation.destinations.access import (
+    AzureAccess,
+    Held,
+    SecretToDeliver,
+    needs_role,
+    role_refusal,
+    with_role,
+)
 from rotation.destinations.models import KeyVaultDestination
 
 if TYPE_CHECKING:
@@ -42,20 +48,8 @@ async def _client(dest: KeyVaultDestination, access: AzureAccess) -> AsyncIterat
         yield client
 
 
-def refused(failure: AzureFailure, dest: KeyVaultDestination, access: AzureAccess, at: str) -> Unprocessable:
-    """A 401/403 as a 422 naming the role the identity needs on this vault."""
-    return Unprocessable(
-        f"Key Vault refused {access.principal} ({failure.code}).",
-        [
-            FieldError(
-                f"{at}.vaultUrl",
-                f"{access.principal} needs the '{ROLE}' role on {dest.vault_url} "
-                "(or on a scope above it); grant it and try again",
-            )
-        ],
-        extra={"step": failure.step, "azureCode": failure.code},
-        code="azure-refused",
-    )
+def _fix(dest: KeyVaultDestination, access: AzureAccess) -> str:
+    return needs_role(ROLE, f"{dest.vault_url} (or a scope above it)", access)
 
 
 async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "destination") -> None:
@@ -71,16 +65,8 @@ async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "de
             if failure.status == 404:
                 return
             if failure.status in (401, 403):
-                raise refused(failure, dest, access, at) from None
+                raise role_refusal(failure, f"{at}.vaultUrl", _fix(dest, access), "Key Vault") from None
             raise failure.problem(validating=True, fields={"clientId": f"{at}.vaultUrl"}) from None
-
-
-def _with_role(failure: AzureFailure, dest: KeyVaultDestination, access: AzureAccess) -> AzureFailure:
-    """A refusal's `lastError` names the role to grant; other failures pass unchanged."""
-    if failure.status not in (401, 403):
-        return failure
-    message = f"{access.principal} needs the '{ROLE}' role on {dest.vault_url}"
-    return AzureFailure(failure.step, failure.status, failure.code, message)
 
 
 async def deliver(dest: KeyVaultDestination, access: AzureAccess, secret: SecretToDeliver) -> Held:
@@ -88,7 +74,7 @@ async def deliver(dest: KeyVaultDestination, access: AzureAccess, secret: Secret
     try:
         return await _deliver(dest, access, secret)
     except AzureFailure as failure:
-        raise _with_role(failure, dest, access) from None
+        raise with_role(failure, _fix(dest, access)) from None
 
 
 async def _deliver(dest: KeyVaultDestination, access: AzureAccess, secret: SecretToDeliver) -> Held:
