@@ -9,6 +9,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +33,12 @@ from rotation.destinations import (
     recheck,
     validate_all,
 )
+
+
+@dataclass
+class Vault:
+    name: str
+
 
 KV_REF = "application/vnd.microsoft.appconfig.keyvaultref+json;charset=utf-8"
 
@@ -243,6 +250,9 @@ async def test_no_role_is_a_422_naming_the_role(fake_azure: Any, tenant: Any, wr
         await validate_all(destinations, _fixed(access))
     fields = {e.field: e.message for e in refused.value.errors}
     assert "'Key Vault Secrets Officer' role" in fields["destinations[0].vaultUrl"]
+    with pytest.raises(Unprocessable) as no_vault:
+        await validate_all([kv(fake_azure, Vault("no-such-vault"))], _fixed(access))
+    assert "no vault answers" in no_vault.value.errors[0].message
     assert "'App Configuration Data Owner' role" in fields["destinations[1].endpoint"]
     assert "connection c1's app" in fields["destinations[0].vaultUrl"]
 
@@ -339,6 +349,12 @@ def devops(fake_azure: Any) -> tuple[Any, str]:
         org, "web", "web-secrets", {"Region": "westeurope"}, secrets={"DbPassword": "db-secret-1"}
     )
     return org, fake_azure.add_pat(org, ["vso.variablegroups_manage"])
+
+
+def test_the_client_id_variable_must_differ_from_the_secret() -> None:
+    with pytest.raises(Unprocessable) as refused:
+        check_destinations([group_dest(client_id_variable="ClientSecret")])
+    assert refused.value.errors[0].field == "destinations[0].clientIdVariable"
 
 
 def group_dest(**overrides: Any) -> DevOpsVariableGroupDestination:

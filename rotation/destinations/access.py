@@ -78,7 +78,7 @@ def needs_role(role: str, where: str, access: AzureAccess) -> str:
 
 
 def role_refusal(failure: AzureFailure, field: str, fix: str, service: str) -> Unprocessable:
-    """A 401/403 met while validating, as a 422 on the URL field naming the role to grant."""
+    """A refusal met while validating (401/403: the role to grant), as a 422 on the URL field."""
     return Unprocessable(
         f"{service} refused the request ({failure.code}).",
         [FieldError(field, fix)],

@@ -52,6 +52,10 @@ def _fix(dest: KeyVaultDestination, access: AzureAccess) -> str:
     return needs_role(ROLE, f"{dest.vault_url} (or a scope above it)", access)
 
 
+def _unreachable(dest: KeyVaultDestination) -> str:
+    return f"no vault answers at {dest.vault_url}; check the vault's URL (https://NAME.vault.azure.net)"
+
+
 async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "destination") -> None:
     """Reach the vault once with the credential that will write: a read of the secret (absent is
     fine). Key Vault has no "may I write" call, so a read-only role passes here and fails the first
@@ -62,8 +66,10 @@ async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "de
                 "readSecret", lambda: client.get_secret(dest.secret_name), kind="keyvault"
             )
         except AzureFailure as failure:
-            if failure.status == 404:
+            if failure.code == "SecretNotFound":
                 return
+            if failure.status in (0, 404):  # a vault host that does not resolve, or no such vault
+                raise role_refusal(failure, f"{at}.vaultUrl", _unreachable(dest), "Key Vault") from None
             if failure.status in (401, 403):
                 raise role_refusal(failure, f"{at}.vaultUrl", _fix(dest, access), "Key Vault") from None
             raise failure.problem(validating=True, fields={"clientId": f"{at}.vaultUrl"}) from None

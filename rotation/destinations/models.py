@@ -170,6 +170,10 @@ def destination_errors(destinations: list[Destination], field: str = "destinatio
                         "add one or set keyVaultReference to false",
                     )
                 )
+        if isinstance(dest, DevOpsVariableGroupDestination) and dest.client_id_variable == dest.variable:
+            errors.append(
+                FieldError(f"{at}.clientIdVariable", "must differ from variable (the secret's name)")
+            )
         key = destination_id(dest)
         if key in seen:
             errors.append(FieldError(at, f"duplicates destinations[{seen[key]}]; remove one"))
