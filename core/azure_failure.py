@@ -19,7 +19,7 @@ from core.azure_problems import _AADSTS_EXPLAINED, aadsts_code
 from core.errors import FieldError, Problem, Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
 from core.retry_after import retry_after_seconds
 
-Kind = Literal["token", "graph", "keyvault", "devops"]
+Kind = Literal["token", "graph", "keyvault", "appconfig", "devops"]
 
 # Entra's own "try again later" codes: transient although the status is 400.
 _AADSTS_TRANSIENT = {"50196", "90033", "50000"}
@@ -144,8 +144,9 @@ def graph_failure(step: str, error: BaseException) -> AzureFailure:
     raise error
 
 
-def keyvault_failure(step: str, error: BaseException) -> AzureFailure:
-    """A Key Vault (azure-core) failure: its `error.code` (SecretNotFound, Forbidden, Throttled...)."""
+def keyvault_failure(step: str, error: BaseException, service: str = "Key Vault") -> AzureFailure:
+    """A Key Vault or App Configuration (azure-core) failure: its `error.code` (SecretNotFound,
+    Forbidden, Throttled...), or `HTTP<status>` where the service answers without a body."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
     if isinstance(error, ClientAuthenticationError) and getattr(error, "response", None) is None:
@@ -155,9 +156,9 @@ def keyvault_failure(step: str, error: BaseException) -> AzureFailure:
         inner = getattr(error, "error", None)
         code = str(getattr(inner, "code", "") or "") or f"HTTP{status}"
         retry_after = retry_after_seconds(_headers(getattr(error.response, "headers", None)))
-        return AzureFailure(step, status, code, "Key Vault refused the request", retry_after=retry_after)
+        return AzureFailure(step, status, code, f"{service} refused the request", retry_after=retry_after)
     if isinstance(error, ServiceRequestError):
-        return AzureFailure(step, 0, CONNECTION, "Key Vault could not be reached")
+        return AzureFailure(step, 0, CONNECTION, f"{service} could not be reached")
     raise error
 
 
@@ -191,6 +192,8 @@ def classify(kind: Kind, step: str, error: BaseException) -> AzureFailure:
         return token_failure(step, error)
     if kind == "keyvault":
         return keyvault_failure(step, error)
+    if kind == "appconfig":
+        return keyvault_failure(step, error, "App Configuration")
     if kind == "graph":
         return graph_failure(step, error)
     if isinstance(error, httpx.HTTPStatusError):
