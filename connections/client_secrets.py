@@ -1,8 +1,7 @@
 """The Azure Client Secrets connection: Graph access to a tenant by OAuth, client secret or certificate.
 
-Public service (other packages use these; rotation/ in particular): `get_connection`,
-`graph_client_for`, `read_client_secret`, `store_client_secret`, `invalidate_client`.
-Routes add create/list/update/delete and the OAuth start.
+Other packages reach it only through core.connection_seam (connections.access provides it):
+facts, a Graph client acting as the connection, and the one conditional secret switch.
 
 Credentials are validated on create and on every credential change: a token is acquired
 (step `token-acquisition`) and Graph is called (step `graph-call`: the app itself by appId for
@@ -11,7 +10,6 @@ app credentials, `/me` for OAuth). Nothing is stored unless both work.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,13 +18,19 @@ from connections.azure_errors import credential_problem, graph_problem, within_d
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
 from connections.lifecycle import ConnectionChanges, KindSpec, Material
+from connections.models import (
+    AuthorizeClientSecretsBody,
+    CreateCertificateConnection,
+    CreateClientSecretConnection,
+    UpdateConnectionBody,
+)
+from connections.routes import KindApi
 from connections.store import ConnectionRecord, CredentialCache
 from core import clock
 from core.auth import Caller
 from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
-from core.errors import Conflict, FieldError, Unavailable, Unprocessable
+from core.errors import Conflict, FieldError, Unprocessable
 from core.models import ApiModel
-from core.tables import ConcurrencyConflict
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -46,8 +50,6 @@ __all__ = [
     "get_connection",
     "graph_client_for",
     "invalidate_client",
-    "read_client_secret",
-    "store_client_secret",
 ]
 
 
@@ -213,10 +215,10 @@ async def validate_app_credentials(
 
 
 async def _validate(
-    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, key_id: str | None = None
+    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, require_key_id: str | None = None
 ) -> None:
     await validate_app_credentials(
-        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, key_id=key_id
+        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, key_id=require_key_id
     )
 
 
@@ -234,46 +236,8 @@ async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- writes
 
 
-async def create_connection(
-    name: str,
-    description: str | None,
-    credentials: ClientSecretCredentials | CertificateCredentials,
-    caller: Caller,
-) -> ClientSecretConnection:
-    """Validate and store a client-secret or certificate connection."""
-    method = "client-secret" if isinstance(credentials, ClientSecretCredentials) else "certificate"
-    return to_connection(await lifecycle.create(SPEC, name, description, method, credentials, caller))
-
-
-async def update_connection(
-    connection_id: str,
-    changes: ConnectionChanges,
-    caller: Caller,
-    *,
-    if_match: str | None = None,
-    rotation_key_id: str | None = None,
-) -> tuple[ClientSecretConnection, str | None]:
-    """Rename, redescribe and/or re-credential (validated first); a lost ETag race is a 409.
-
-    `rotation_key_id`: the Key ID the rotation will track for a new client secret; it is checked
-    against the app with the new credentials, before anything is saved. Returns the ETag too.
-    """
-    spec = (
-        SPEC
-        if rotation_key_id is None
-        else replace(SPEC, validate=partial(_validate, key_id=rotation_key_id))
-    )
-    record = await lifecycle.update(spec, connection_id, changes, caller, if_match=if_match)
-    return to_connection(record), record.etag
-
-
-async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
-    await lifecycle.delete(SPEC, connection_id, caller, if_match=if_match)
-
-
-async def rollback_create(connection_id: str, caller: Caller, reason: str) -> None:
-    """Undo a create whose rotation settings were refused."""
-    await lifecycle.rollback_create(SPEC, connection_id, caller, reason)
+def method_of(credentials: ClientSecretCredentials | CertificateCredentials) -> str:
+    return "client-secret" if isinstance(credentials, ClientSecretCredentials) else "certificate"
 
 
 # ------------------------------------------------------------------------------------- Graph for others
@@ -309,58 +273,26 @@ async def invalidate_client(connection_id: str) -> None:
     await _graph_clients.invalidate(connection_id)
 
 
-def _require_client_secret(record: ConnectionRecord) -> None:
+async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str) -> str:
+    """Make `secret` the connection's client secret if it is still at `from_rev` (see lifecycle)."""
+    record = await store.get_record(KIND, connection_id)
     if record.method != "client-secret":
         raise Conflict(
             f"connection {record.id} uses method {record.method}; "
             "only client-secret connections have a client secret",
             code="wrong-method",
         )
-
-
-async def read_client_secret(connection_id: str) -> str:
-    """The connection's current client secret (for the rotator; never for a response)."""
-    record = await store.get_record(KIND, connection_id)
-    _require_client_secret(record)
-    return await store.read_secret(record, "clientSecret")
-
-
-async def store_client_secret(connection_id: str, secret: str) -> None:
-    """Make `secret` the connection's client secret.
-
-    The secret goes under a new name (a new revision), the row is flipped to it with an ETag write,
-    then the old name is deleted and cached clients dropped; a concurrent row change retries.
-    """
-    for _ in range(5):
-        record = await store.get_record(KIND, connection_id)
-        _require_client_secret(record)
-        rev = store.new_rev()
-        refs = await store.put_secrets(KIND, record.id, rev, {"clientSecret": secret})
-        updated = replace(
-            record, credential_rev=rev, secret_refs=refs, updated_at=clock.isoformat(clock.now())
-        )
-        try:
-            await store.replace_record(updated)
-        except ConcurrencyConflict:
-            await store.delete_secrets(refs)
-            continue
-        except BaseException:
-            await store.delete_secrets(refs)
-            raise
-        await store.delete_secrets(record.secret_refs)
-        await invalidate_client(record.id)
-        return
-    raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
+    return await lifecycle.switch_secret(SPEC, connection_id, "clientSecret", secret, from_rev=from_rev)
 
 
 # ---------------------------------------------------------------------------------------------- OAuth
 
 
-async def start_oauth(name: str, tenant_id: str, description: str | None, caller: Caller) -> str:
+async def start_oauth(body: AuthorizeClientSecretsBody, caller: Caller) -> str:
     """The authorize URL for a new OAuth connection (the name is checked now, claimed at the callback)."""
-    await store.ensure_name_free(KIND, name)
+    await store.ensure_name_free(KIND, body.name)
     return await oauth.start_authorization(
-        KIND, tenant_id, {"name": name, "description": description}, caller
+        KIND, body.tenant_id, {"name": body.name, "description": body.description}, caller
     )
 
 
@@ -402,4 +334,18 @@ oauth.register(
         scope=graph_scope,
         complete=_complete_oauth,
     )
+)
+
+API = KindApi(
+    spec=SPEC,
+    prefix="/api/v1/app-connections/azure-client-secrets",
+    methods=("client-secret", "certificate"),
+    create_models=(CreateClientSecretConnection, CreateCertificateConnection),
+    update_model=UpdateConnectionBody,
+    authorize_model=AuthorizeClientSecretsBody,
+    view_model=ClientSecretConnection,
+    to_view=to_connection,
+    method_of=method_of,
+    start_oauth=start_oauth,
+    create_summary="Create a client-secret or certificate connection (validated against Entra ID and Graph)",
 )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
 
 from connections import lifecycle, oauth, store
 from connections.azure_errors import (
@@ -25,9 +27,18 @@ from connections.azure_errors import (
 )
 from connections.fields import DevOpsAccessTokenCredentials, DevOpsClientSecretCredentials
 from connections.lifecycle import ConnectionChanges, KindSpec, Material
+from connections.models import (
+    AuthorizeDevOpsBody,
+    CreateDevOpsAccessTokenConnection,
+    CreateDevOpsClientSecretConnection,
+    UpdateConnectionBody,
+)
+from connections.routes import KindApi
+from connections.routing import ConnectionId
 from connections.store import ConnectionRecord, CredentialCache
 from core.auth import Caller
 from core.azure_clients import client_secret_credential, http_client
+from core.deps import Reader
 from core.errors import Conflict, FieldError, Problem, Unprocessable
 from core.models import ApiModel
 from core.retry_after import retry_after_seconds
@@ -229,7 +240,9 @@ def _material(method: str, credentials: Any) -> Material:
     return {"clientSecret": secret}, {}, [secret]
 
 
-async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> None:
+async def _validate(
+    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, require_key_id: str | None = None
+) -> None:
     org = record.org_name or ""
     if record.method == "access-token":
         await _projects(org, _basic(secrets["accessToken"]), record.method, top=1, continuation=None)
@@ -295,39 +308,8 @@ async def invalidate_client(connection_id: str) -> None:
 # ---------------------------------------------------------------------------------------------- service
 
 
-async def get_connection(connection_id: str) -> DevOpsConnection:
-    return to_connection(await store.get_record(KIND, connection_id))
-
-
-async def get_connection_with_etag(connection_id: str) -> tuple[DevOpsConnection, str | None]:
-    record = await store.get_record(KIND, connection_id)
-    return to_connection(record), record.etag
-
-
-async def list_connections() -> list[DevOpsConnection]:
-    return [to_connection(r) for r in await store.list_records(KIND)]
-
-
-async def create_connection(
-    name: str,
-    description: str | None,
-    credentials: DevOpsAccessTokenCredentials | DevOpsClientSecretCredentials,
-    caller: Caller,
-) -> DevOpsConnection:
-    method = "access-token" if isinstance(credentials, DevOpsAccessTokenCredentials) else "client-secret"
-    return to_connection(await lifecycle.create(SPEC, name, description, method, credentials, caller))
-
-
-async def update_connection(
-    connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None = None
-) -> tuple[DevOpsConnection, str | None]:
-    """Apply a PATCH (new credentials validated first); the connection and its new ETag."""
-    record = await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match)
-    return to_connection(record), record.etag
-
-
-async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
-    await lifecycle.delete(SPEC, connection_id, caller, if_match=if_match)
+def method_of(credentials: DevOpsAccessTokenCredentials | DevOpsClientSecretCredentials) -> str:
+    return "access-token" if isinstance(credentials, DevOpsAccessTokenCredentials) else "client-secret"
 
 
 async def list_projects(
@@ -367,12 +349,13 @@ async def list_projects(
 # ---------------------------------------------------------------------------------------------- OAuth
 
 
-async def start_oauth(
-    name: str, tenant_id: str, org_name: str, description: str | None, caller: Caller
-) -> str:
-    await store.ensure_name_free(KIND, name)
+async def start_oauth(body: AuthorizeDevOpsBody, caller: Caller) -> str:
+    await store.ensure_name_free(KIND, body.name)
     return await oauth.start_authorization(
-        KIND, tenant_id, {"name": name, "description": description, "orgName": org_name}, caller
+        KIND,
+        body.tenant_id,
+        {"name": body.name, "description": body.description, "orgName": body.org_name},
+        caller,
     )
 
 
@@ -408,4 +391,35 @@ oauth.register(
         scope=lambda: DEVOPS_SCOPE,
         complete=_complete_oauth,
     )
+)
+
+
+def _project_routes(router: APIRouter) -> None:
+    @router.get(
+        "/{connection_id}/projects",
+        response_model=ProjectPage,
+        summary="The organization's projects, a page at a time (pass continuationToken for the next page)",
+    )
+    async def list_projects_route(
+        connection_id: ConnectionId,
+        caller: Reader,
+        top: Annotated[int, Query(ge=1, le=500, description="page size")] = 100,
+        continuation_token: Annotated[str | None, Query(alias="continuationToken", max_length=512)] = None,
+    ) -> ProjectPage:
+        return await list_projects(connection_id, top=top, continuation=continuation_token)
+
+
+API = KindApi(
+    spec=SPEC,
+    prefix="/api/v1/app-connections/azure-devops",
+    methods=("access-token", "client-secret"),
+    create_models=(CreateDevOpsAccessTokenConnection, CreateDevOpsClientSecretConnection),
+    update_model=UpdateConnectionBody,
+    authorize_model=AuthorizeDevOpsBody,
+    view_model=DevOpsConnection,
+    to_view=to_connection,
+    method_of=method_of,
+    start_oauth=start_oauth,
+    create_summary="Create an access-token or client-secret connection (validated by listing projects)",
+    extra_routes=_project_routes,
 )

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rotation import cleanup
 from tests.harness import ServerHandle, assert_problem
 from tests.rotation_helpers import (
     BROKER_MARK,
@@ -351,7 +352,7 @@ def _audit(made: Connections, connection_id: str, action: str) -> list[dict[str,
 def _cleanup_entries(broker: ServerHandle) -> list[str]:
     from rotation import store
 
-    return [cid for cid, _ in broker.run(store.cleanups(limit=1000))]
+    return [e.connection_id for e in broker.run(store.cleanups(limit=1000))]
 
 
 def test_patching_a_new_secret_removes_the_broker_made_one(
@@ -404,12 +405,11 @@ def test_a_key_id_change_without_a_new_secret_is_refused_while_the_broker_secret
 @pytest.fixture
 def short_cleanup() -> Iterator[None]:
     """A removePassword that hangs gives up after half a second (the stand-in hangs for 2 s)."""
-    from rotation import rotator
 
-    saved = rotator.CLEANUP_TIMEOUT_SECONDS
-    rotator.CLEANUP_TIMEOUT_SECONDS = 0.5
+    saved = cleanup.CLEANUP_TIMEOUT_SECONDS
+    cleanup.CLEANUP_TIMEOUT_SECONDS = 0.5
     yield
-    rotator.CLEANUP_TIMEOUT_SECONDS = saved
+    cleanup.CLEANUP_TIMEOUT_SECONDS = saved
 
 
 @pytest.mark.parametrize("fault", ["503", "429", "timeout"])

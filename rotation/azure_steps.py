@@ -1,0 +1,204 @@
+"""The Azure calls of a rotation: read the app, add and remove a password, prove a secret.
+
+Everything here acts through `core.connection_seam`, as the connection whose app is rotated, so
+rotation/ never imports connections/. Errors are described here (never with a secret) for
+`lastError`, the audit log and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from core.connection_seam import ConnectionFacts, access
+from core.errors import FieldError, Problem, Unprocessable, UpstreamError
+
+if TYPE_CHECKING:
+    from msgraph.generated.models.application import Application
+    from msgraph.graph_service_client import GraphServiceClient
+
+    from rotation.store import RotationRecord
+
+KIND = "azure-client-secrets"
+# How long a new secret may take to get a token (Entra replication), with backoff between tries.
+VERIFY_TIMEOUT_SECONDS = 60.0
+VERIFY_FIRST_DELAY_SECONDS = 0.5
+VERIFY_MAX_DELAY_SECONDS = 8.0
+MAX_ERROR = 300
+_AADSTS = re.compile(r"AADSTS\d+")
+
+
+class RotationError(Exception):
+    """A step failed; `message` is safe to store and show (no secret, no raw exception text)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def facts(connection_id: str) -> ConnectionFacts:
+    """The connection whose secret rotates (a NotFound problem if it is gone)."""
+    return await access().facts(KIND, connection_id)
+
+
+async def _graph(connection_id: str) -> GraphServiceClient:
+    client: GraphServiceClient = await access().graph_client(KIND, connection_id)
+    return client
+
+
+def graph_status(error: BaseException) -> int | None:
+    from kiota_abstractions.api_error import APIError
+
+    if isinstance(error, APIError):
+        return error.response_status_code
+    return None
+
+
+def describe_error(error: BaseException, *known_secrets: str | None) -> str:
+    """A short, secret-free account of an error for `lastError`, audit and events."""
+    from kiota_abstractions.api_error import APIError
+
+    if isinstance(error, RotationError):
+        text = error.message
+    elif isinstance(error, Problem):
+        text = error.detail
+    elif isinstance(error, APIError):
+        code = message = ""
+        inner = getattr(error, "error", None)
+        if inner is not None:
+            code = str(getattr(inner, "code", "") or "")
+            message = str(getattr(inner, "message", "") or "")
+        text = f"Microsoft Graph answered {error.response_status_code}" + (f" {code}" if code else "")
+        if message:
+            text += f": {message}"
+    else:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        if isinstance(error, ClientAuthenticationError):
+            codes = sorted(set(_AADSTS.findall(str(error.message or ""))))
+            text = "Entra ID refused the token request" + (f" ({', '.join(codes)})" if codes else "")
+        elif isinstance(error, TimeoutError | asyncio.TimeoutError):
+            text = "a call to Azure timed out"
+        else:
+            text = f"unexpected {type(error).__name__}"
+    for secret in known_secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:MAX_ERROR]
+
+
+async def get_application(connection_id: str, client_id: str) -> Application:
+    """The connection's app registration (by its appId), with its password credentials."""
+    client = await _graph(connection_id)
+    app = await client.applications_with_app_id(client_id).get()
+    if app is None or not app.id:
+        raise RotationError(f"Microsoft Graph returned no application for appId {client_id}")
+    return app
+
+
+async def check_key_id(connection: ConnectionFacts, key_id: str) -> str:
+    """422 unless `key_id` is a password credential of the connection's app; the app's object id."""
+    try:
+        app = await get_application(connection.id, connection.client_id)
+    except Exception as error:
+        status = graph_status(error)
+        detail = describe_error(error)
+        if status in (401, 403):
+            raise Unprocessable(
+                "the connection's app cannot read its own registration, so it cannot rotate its secret",
+                [
+                    FieldError(
+                        "rotation",
+                        "grant the app Application.ReadWrite.OwnedBy (and make it an owner of itself) "
+                        f"or Application.ReadWrite.All: {detail}",
+                    )
+                ],
+            ) from None
+        if status == 404:
+            raise Unprocessable(
+                "the app registration was not found in the connection's tenant",
+                [FieldError("rotation", f"app {connection.client_id} has no registration here: {detail}")],
+            ) from None
+        raise UpstreamError(f"could not read the app registration from Microsoft Graph: {detail}") from None
+    keys = {str(c.key_id).lower() for c in app.password_credentials or [] if c.key_id}
+    if key_id.lower() not in keys:
+        raise Unprocessable(
+            "the Key ID is not a client secret of the connection's app",
+            [
+                FieldError(
+                    "rotation.clientSecretKeyId",
+                    f"is not the Secret ID of a client secret of app {connection.client_id}; "
+                    "copy it from the app's Certificates & secrets page",
+                )
+            ],
+        )
+    assert app.id
+    return str(app.id)
+
+
+async def add_password(record: RotationRecord) -> tuple[str, str]:
+    from msgraph.generated.applications.item.add_password.add_password_post_request_body import (
+        AddPasswordPostRequestBody,
+    )
+    from msgraph.generated.models.password_credential import PasswordCredential
+
+    client = await _graph(record.connection_id)
+    body = AddPasswordPostRequestBody(
+        password_credential=PasswordCredential(
+            display_name=record.new_display_name,
+            end_date_time=datetime.fromisoformat(record.new_end_at) if record.new_end_at else None,
+        )
+    )
+    created = await client.applications.by_application_id(record.app_object_id).add_password.post(body)
+    if created is None or not created.key_id or not created.secret_text:
+        raise RotationError("addPassword returned no key id or secret")
+    return str(created.key_id).lower(), created.secret_text
+
+
+async def remove_password(record: RotationRecord, key_id: str) -> None:
+    """removePassword; a key that is already gone counts as removed (so the step is idempotent)."""
+    from msgraph.generated.applications.item.remove_password.remove_password_post_request_body import (
+        RemovePasswordPostRequestBody,
+    )
+
+    client = await _graph(record.connection_id)
+    try:
+        await client.applications.by_application_id(record.app_object_id).remove_password.post(
+            RemovePasswordPostRequestBody(key_id=UUID(key_id))
+        )
+    except Exception as error:
+        if graph_status(error) not in (400, 404):
+            raise
+        # Graph refuses to remove an unknown key id; make sure that is why.
+        connection = await facts(record.connection_id)
+        app = await get_application(record.connection_id, connection.client_id)
+        if any(str(c.key_id).lower() == key_id.lower() for c in app.password_credentials or []):
+            raise
+
+
+async def verify_secret(tenant_id: str, client_id: str, secret: str) -> None:
+    """Prove the secret gets a Graph token, retrying through replication delay (bounded)."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from core.azure_clients import client_secret_credential, graph_scope
+
+    deadline = time.monotonic() + VERIFY_TIMEOUT_SECONDS
+    delay = VERIFY_FIRST_DELAY_SECONDS
+    while True:
+        credential = client_secret_credential(tenant_id, client_id, secret)
+        try:
+            async with credential:
+                await credential.get_token(graph_scope())
+            return
+        except ClientAuthenticationError as error:
+            if time.monotonic() + delay > deadline:
+                raise RotationError(
+                    f"the new secret did not get a token within {VERIFY_TIMEOUT_SECONDS:.0f}s: "
+                    + describe_error(error, secret)
+                ) from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, VERIFY_MAX_DELAY_SECONDS)
