@@ -77,9 +77,16 @@ def graph_scope() -> str:
 
 
 def graph_client(
-    credential: AsyncTokenCredential, *, max_retries: int = GRAPH_MAX_RETRIES
+    credential: AsyncTokenCredential,
+    *,
+    max_retries: int = GRAPH_MAX_RETRIES,
+    http: httpx.AsyncClient | None = None,
 ) -> GraphServiceClient:
-    """A Graph client on GRAPH_ENDPOINT whose retry honours Retry-After, bounded in count and time."""
+    """A Graph client on GRAPH_ENDPOINT whose retry honours Retry-After, bounded in count and time.
+
+    `max_retries=0` for clients used through `core.azure_gateway` (its policy is the only one);
+    `http`: the transport, for a caller that closes it itself (the gateway's credential cache).
+    """
     import httpx
     from kiota_authentication_azure.azure_identity_authentication_provider import (
         AzureIdentityAuthenticationProvider,
@@ -93,7 +100,7 @@ def graph_client(
     host = urlsplit(get_settings().graph_endpoint).hostname or ""
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[graph_scope()], allowed_hosts=[host])
     http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_SECONDS), http2=False),
+        client=http or httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT_SECONDS), http2=False),
         # msgraph's own options too (e.g. `/users/me-token-to-replace` -> `/me`, which `client.me` needs)
         options={
             **graph_defaults,

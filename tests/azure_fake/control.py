@@ -145,7 +145,7 @@ async def replication_delay(request: Request) -> Response:
 async def graph_rate_limit(request: Request) -> Response:
     body = await _body(request)
     rps = body.get("requests_per_second")
-    _handle(request).set_graph_rate_limit(float(rps) if rps else None, body.get("burst"))
+    _handle(request).set_graph_rate_limit(float(rps) if rps else None, body.get("burst"), body.get("tenant"))
     return Response(status_code=204)
 
 

@@ -101,6 +101,7 @@ class Faults:
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self.log: deque[RequestRecord] = deque(maxlen=log_size)
         self._graph_bucket: _Bucket | None = None
+        self._tenant_buckets: dict[str, _Bucket] = {}
 
     # -------------------------------------------------------------- faults
 
@@ -156,24 +157,39 @@ class Faults:
         with self._lock:
             self._rules.clear()
             self._graph_bucket = None
+            self._tenant_buckets.clear()
 
     # -------------------------------------------------------------- rate limit
 
-    def set_graph_rate_limit(self, requests_per_second: float | None, burst: float | None = None) -> None:
-        """Token bucket for Graph; None (or 0) switches it off."""
-        with self._lock:
-            if not requests_per_second:
-                self._graph_bucket = None
-            else:
-                capacity = burst if burst is not None else max(1.0, requests_per_second)
-                self._graph_bucket = _Bucket(requests_per_second, capacity, capacity)
+    def set_graph_rate_limit(
+        self, requests_per_second: float | None, burst: float | None = None, tenant: str | None = None
+    ) -> None:
+        """Token bucket for Graph; None (or 0) switches it off.
 
-    def graph_throttle(self) -> int | None:
+        With `tenant`, the bucket counts only requests whose token was issued in that tenant (Graph
+        throttles per app and tenant), and applies in addition to a global bucket, if any.
+        """
+        bucket = None
+        if requests_per_second:
+            capacity = burst if burst is not None else max(1.0, requests_per_second)
+            bucket = _Bucket(requests_per_second, capacity, capacity)
+        with self._lock:
+            if tenant is None:
+                self._graph_bucket = bucket
+            elif bucket is None:
+                self._tenant_buckets.pop(tenant.lower(), None)
+            else:
+                self._tenant_buckets[tenant.lower()] = bucket
+
+    def graph_throttle(self, tenant: str | None = None) -> int | None:
         """None if the Graph request may pass, else the Retry-After seconds to answer."""
         with self._lock:
-            if self._graph_bucket is None:
-                return None
-            wait = self._graph_bucket.take()
+            waits = [
+                b.take()
+                for b in (self._tenant_buckets.get((tenant or "").lower()), self._graph_bucket)
+                if b is not None
+            ]
+        wait = max((w for w in waits if w is not None), default=None)
         return None if wait is None else max(1, math.ceil(wait))
 
     # -------------------------------------------------------------- counters

@@ -106,7 +106,7 @@ class FaultLayer:
         headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
         client_rid = headers.get("client-request-id")
         if service == "graph":
-            wait = self.faults.graph_throttle()
+            wait = self.faults.graph_throttle(_token_tenant(headers.get("authorization", "")))
             if wait is not None:
                 await _send_json(
                     send, 429, fault_body("graph", 429, rid, client_rid), _fault_headers(service, rid, wait)
@@ -147,6 +147,19 @@ class FaultLayer:
                 )
                 return
         await self.app(scope, receive, send)
+
+
+def _token_tenant(authorization: str) -> str | None:
+    """The `tid` of a bearer token (unverified: only to pick the tenant's rate-limit bucket)."""
+    import base64
+    import json
+
+    try:
+        payload = authorization.split(" ", 1)[1].split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["tid"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _fault_headers(service: str, rid: str, retry_after: int | None) -> dict[str, str]:
@@ -528,9 +541,16 @@ class FakeAzure:
         with self.state.lock:
             self.state.replication_delay = float(seconds)
 
-    def set_graph_rate_limit(self, requests_per_second: float | None, burst: float | None = None) -> None:
-        """Token bucket on Graph; over it -> 429 + Retry-After. None switches it off."""
-        self.faults.set_graph_rate_limit(requests_per_second, burst)
+    def set_graph_rate_limit(
+        self,
+        requests_per_second: float | None,
+        burst: float | None = None,
+        tenant: Tenant | str | None = None,
+    ) -> None:
+        """Token bucket on Graph; over it -> 429 + Retry-After. None switches it off.
+
+        With `tenant`, only that tenant's requests (by the token's `tid`) count against the bucket."""
+        self.faults.set_graph_rate_limit(requests_per_second, burst, _tid(tenant) if tenant else None)
 
     def reset_faults(self) -> None:
         """Back to a healthy service: no faults, no rate limit, no replication delay, default authorize."""
