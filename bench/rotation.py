@@ -209,7 +209,7 @@ async def _forget(connection_id: str) -> None:
 
     record = await store.get_record(KIND, connection_id)
     await forget(connection_id, record.client_id or "")
-    await invalidate_client(connection_id)
+    await invalidate_client(record)
 
 
 async def _seed(count: int, far_from: Any) -> float:

@@ -6,9 +6,8 @@ its facts, a Graph client acting as it, and the one conditional switch of its cl
 
 from __future__ import annotations
 
-from typing import Any
-
 from connections import client_secrets, lifecycle, store
+from core.azure_credentials import AppAccess
 from core.connection_seam import ConnectionFacts, provide_access
 
 _SPECS = {client_secrets.KIND: client_secrets.SPEC}
@@ -18,8 +17,8 @@ class _Access:
     async def facts(self, kind: str, connection_id: str) -> ConnectionFacts:
         return lifecycle.facts_of(_SPECS[kind], await store.get_record(kind, connection_id))
 
-    async def graph_client(self, kind: str, connection_id: str) -> Any:
-        return await client_secrets.graph_client_for(connection_id)
+    async def app_access(self, kind: str, connection_id: str) -> AppAccess:
+        return await client_secrets.app_access(await store.get_record(kind, connection_id))
 
     async def switch_client_secret(self, kind: str, connection_id: str, secret: str, *, from_rev: str) -> str:
         return await client_secrets.switch_client_secret(connection_id, secret, from_rev=from_rev)

@@ -10,11 +10,11 @@ app credentials, `/me` for OAuth). Nothing is stored unless both work.
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from connections import lifecycle, oauth, store
-from connections.azure_errors import credential_problem, graph_problem, within_deadline
+from connections import lifecycle, oauth, oauth_credentials, store
+from connections.azure_errors import within_deadline
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
 from connections.lifecycle import ConnectionChanges, KindSpec, Material
@@ -25,11 +25,13 @@ from connections.models import (
     UpdateConnectionBody,
 )
 from connections.routes import KindApi
-from connections.store import ConnectionRecord, CredentialCache
-from core import clock
+from connections.store import ConnectionRecord
+from core import azure_credentials, clock
 from core.auth import Caller
 from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
-from core.errors import Conflict, FieldError, Unprocessable
+from core.azure_credentials import AppAccess
+from core.azure_problems import credential_problem, graph_problem
+from core.errors import Conflict, FieldError, Problem, Unprocessable
 from core.models import ApiModel
 
 if TYPE_CHECKING:
@@ -243,34 +245,37 @@ def method_of(credentials: ClientSecretCredentials | CertificateCredentials) -> 
 # ------------------------------------------------------------------------------------- Graph for others
 
 
-_graph_clients: CredentialCache[GraphServiceClient] = CredentialCache()
-
-
-async def _connection_credential(record: ConnectionRecord) -> AsyncTokenCredential:
+async def _cache_key(record: ConnectionRecord) -> tuple[str, Callable[[], AsyncTokenCredential]]:
+    """What keys the connection's cached credential (its secret, bundle or refresh token name)."""
+    tenant, client = record.tenant_id or "", record.client_id or ""
     if record.method == "oauth":
-        return oauth.RefreshTokenCredential(
-            oauth.kind_of(KIND), record.tenant_id or "", record.secret_refs["refreshToken"]
-        )
+        ref = record.secret_refs["refreshToken"]
+        return ref, lambda: oauth_credentials.RefreshTokenCredential(oauth.kind_of(KIND), tenant, ref)
     purpose = "certificate" if record.method == "certificate" else "clientSecret"
     value = await store.read_secret(record, purpose)
-    return _credential(record.tenant_id or "", record.client_id or "", record.method, {purpose: value})
+    return value, lambda: _credential(tenant, client, record.method, {purpose: value})
+
+
+async def app_access(record: ConnectionRecord) -> AppAccess:
+    """The connection's credential and Graph client, from the gateway's one credential cache."""
+    material, build = await _cache_key(record)
+    return await azure_credentials.for_credential(
+        record.tenant_id or "", record.client_id or "", material, build
+    )
 
 
 async def graph_client_for(connection_id: str) -> GraphServiceClient:
-    """A Graph client authenticated as the connection with its CURRENT credential (cached per revision)."""
-    record = await store.get_record(KIND, connection_id)
-
-    async def build() -> tuple[GraphServiceClient, store.Closer]:
-        credential = await _connection_credential(record)
-        client = graph_client(credential)
-        return client, partial(close_graph, client, credential)
-
-    return await _graph_clients.get(record, build)
+    """A Graph client acting as the connection with its CURRENT credential (no SDK retries)."""
+    return (await app_access(await store.get_record(KIND, connection_id))).graph()
 
 
-async def invalidate_client(connection_id: str) -> None:
-    """Drop the cached credential and Graph client of a connection (this process)."""
-    await _graph_clients.invalidate(connection_id)
+async def invalidate_client(record: ConnectionRecord) -> None:
+    """Close the cached access of this record's credential (it is being replaced or removed)."""
+    try:
+        material, _ = await _cache_key(record)
+    except Problem:
+        return  # its secret is gone already: nothing cached can be reached by it any more
+    await azure_credentials.drop(record.tenant_id or "", record.client_id or "", material)
 
 
 async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str) -> str:
@@ -302,7 +307,7 @@ async def _complete_oauth(
     """The callback's last step for this kind: check `/me` with the delegated token, then create."""
     tenant = str(pending.params["tenantId"])
     token_tenant = oauth.check_grant(tokens, tenant)
-    credential = oauth.StaticTokenCredential(tokens.access_token, tokens.expires_on)
+    credential = oauth_credentials.StaticTokenCredential(tokens.access_token, tokens.expires_on)
     client = graph_client(credential)
     try:
         me = await within_deadline(client.me.get(), "graph-call")

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from connections import lifecycle, oauth, store
-from connections.azure_errors import (
-    DEVOPS_SCOPES,
-    AzureRejected,
-    Explanation,
-    credential_problem,
-    rejected,
-    send_with_retries,
-    transient_problem,
-    within_deadline,
-)
+from connections import lifecycle, oauth, oauth_credentials, store
+from connections.azure_errors import send_with_retries, within_deadline
 from connections.fields import DevOpsAccessTokenCredentials, DevOpsClientSecretCredentials
 from connections.lifecycle import ConnectionChanges, KindSpec, Material
 from connections.models import (
@@ -35,9 +27,18 @@ from connections.models import (
 )
 from connections.routes import KindApi
 from connections.routing import ConnectionId
-from connections.store import ConnectionRecord, CredentialCache
+from connections.store import ConnectionRecord
+from core import azure_credentials
 from core.auth import Caller
 from core.azure_clients import client_secret_credential, http_client
+from core.azure_problems import (
+    DEVOPS_SCOPES,
+    AzureRejected,
+    Explanation,
+    credential_problem,
+    rejected,
+    transient_problem,
+)
 from core.deps import Reader
 from core.errors import Conflict, FieldError, Problem, Unprocessable
 from core.models import ApiModel
@@ -267,42 +268,35 @@ async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:
     return current
 
 
-class _Authorizer:
-    """The Authorization header of one connection (refreshed as its credential requires)."""
-
-    def __init__(self, record: ConnectionRecord) -> None:
-        self._record = record
-        self._credential: Any = None
-        self._basic: str | None = None
-
-    async def header(self) -> str:
-        record = self._record
-        if record.method == "access-token":
-            if self._basic is None:
-                self._basic = _basic(await store.read_secret(record, "accessToken"))
-            return self._basic
-        if self._credential is None:
-            if record.method == "oauth":
-                self._credential = oauth.RefreshTokenCredential(
-                    oauth.kind_of(KIND), record.tenant_id or "", record.secret_refs["refreshToken"]
-                )
-            else:
-                secret = await store.read_secret(record, "clientSecret")
-                self._credential = client_secret_credential(
-                    record.tenant_id or "", record.client_id or "", secret
-                )
-        return await _bearer(self._credential, [])
-
-    async def close(self) -> None:
-        if self._credential is not None:
-            await self._credential.close()
+async def _authorization(record: ConnectionRecord) -> str:
+    """The Authorization header of a stored connection (bearer tokens from the one credential cache)."""
+    if record.method == "access-token":
+        return _basic(await store.read_secret(record, "accessToken"))
+    material, build = await _material_of(record)
+    access = await azure_credentials.for_credential(
+        record.tenant_id or "", record.client_id or "", material, build
+    )
+    return await _bearer(access.credential, [])
 
 
-_authorizers: CredentialCache[_Authorizer] = CredentialCache()
+async def _material_of(record: ConnectionRecord) -> tuple[str, Callable[[], AsyncTokenCredential]]:
+    tenant, client = record.tenant_id or "", record.client_id or ""
+    if record.method == "oauth":
+        ref = record.secret_refs["refreshToken"]
+        return ref, lambda: oauth_credentials.RefreshTokenCredential(oauth.kind_of(KIND), tenant, ref)
+    secret = await store.read_secret(record, "clientSecret")
+    return secret, lambda: client_secret_credential(tenant, client, secret)
 
 
-async def invalidate_client(connection_id: str) -> None:
-    await _authorizers.invalidate(connection_id)
+async def invalidate_client(record: ConnectionRecord) -> None:
+    """Close the cached credential of this record (it is being replaced or removed)."""
+    if record.method == "access-token":
+        return
+    try:
+        material, _ = await _material_of(record)
+    except Problem:
+        return
+    await azure_credentials.drop(record.tenant_id or "", record.client_id or "", material)
 
 
 # ---------------------------------------------------------------------------------------------- service
@@ -322,16 +316,10 @@ async def list_projects(
             [FieldError("continuationToken", "use the continuationToken of the previous page")],
         )
     record = await store.get_record(KIND, connection_id)
-
-    async def build() -> tuple[_Authorizer, store.Closer]:
-        authorizer = _Authorizer(record)
-        return authorizer, authorizer.close
-
-    authorizer = await _authorizers.get(record, build)
     try:
         return await _projects(
             record.org_name or "",
-            await authorizer.header(),
+            await _authorization(record),
             record.method,
             top=top,
             continuation=continuation,

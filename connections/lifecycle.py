@@ -46,7 +46,7 @@ class KindSpec:
     # (record, secret values, redact, require_key_id=...) -> None; raises the problem naming the field
     validate: Callable[..., Awaitable[None]]
     current_credentials: Callable[[ConnectionRecord], Awaitable[dict[str, Any]]]  # for PATCH merges
-    invalidate: Callable[[str], Awaitable[None]]
+    invalidate: Callable[[ConnectionRecord], Awaitable[None]]  # close what is cached for its credential
     reauthorize_hint: str  # how an OAuth connection gets new credentials
     paired_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # method -> change together
 
@@ -349,8 +349,8 @@ async def _update_row(
     if renamed:
         await store.release_name(spec.kind, record.name, record.id)
     if material is not None:
+        await spec.invalidate(record)
         await store.delete_secrets(record.secret_refs)
-        await spec.invalidate(record.id)
     changed = [
         label
         for label, flag in (
@@ -396,8 +396,8 @@ async def switch_secret(
         except BaseException:
             await store.delete_secrets(refs)
             raise
+        await spec.invalidate(record)
         await store.delete_secrets(record.secret_refs)
-        await spec.invalidate(record.id)
         return rev
     raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
 
@@ -432,9 +432,9 @@ async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, re
 async def _remove(spec: KindSpec, record: ConnectionRecord) -> None:
     """Delete the row (with its ETag, if it carries one), then its secrets, name and cached clients."""
     await records.delete(record, conditional=record.etag is not None)
+    await spec.invalidate(record)
     await store.delete_secrets(record.secret_refs)
     await store.release_name(spec.kind, record.name, record.id)
-    await spec.invalidate(record.id)
 
 
 async def view_extension(spec: KindSpec, record: ConnectionRecord) -> BaseModel | None:

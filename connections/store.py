@@ -17,19 +17,17 @@ and cached credentials keyed by (id, rev) fall out of use on every instance at o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import ClassVar
 
 from pydantic import Field
 
 from core import clock, records, tables
 from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable
-from core.loop_cache import PerLoop
 from core.secret_store import secret_name, secret_store
 
 log = logging.getLogger(__name__)
@@ -39,8 +37,6 @@ STALE_CLAIM = timedelta(minutes=15)
 
 KIND_PREFIX = {"azure-client-secrets": "azcs", "azure-devops": "azdo"}
 KIND_LABEL = {"azure-client-secrets": "Azure Client Secrets", "azure-devops": "Azure DevOps"}
-
-T = TypeVar("T")
 
 
 class ConnectionRecord(records.Record):
@@ -235,58 +231,3 @@ async def delete_secrets(refs: Mapping[str, str]) -> None:
             raise result
         if isinstance(result, Exception):
             log.warning("could not delete an unreferenced secret (%s); it is orphaned", type(result).__name__)
-
-
-# ---------------------------------------------------------------------------------------------- cache
-
-Closer = Callable[[], Awaitable[None]]
-
-
-class _LoopEntries(dict[str, tuple[str, Any, Closer]]):
-    """One event loop's built clients: connection id -> (credential revision, client, its closer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.locks: dict[str, asyncio.Lock] = {}
-
-    async def drop(self, connection_id: str) -> None:
-        entry = self.pop(connection_id, None)
-        if entry is not None:
-            with contextlib.suppress(Exception):  # closing a stale client is best effort
-                await entry[2]()
-
-    async def close(self) -> None:
-        """`core.loop_cache.close_all` calls this at shutdown: no HTTP session is left open."""
-        for connection_id in list(self):
-            await self.drop(connection_id)
-
-
-async def _new_entries() -> _LoopEntries:
-    return _LoopEntries()
-
-
-class CredentialCache(Generic[T]):
-    """One built client per (connection, credential revision), per event loop.
-
-    A credential change gives the row a new revision, so the next lookup closes the stale
-    client and builds afresh; `invalidate` closes it at once (this process). The cache is a
-    `core.loop_cache.PerLoop`, so `close_all` closes every client at shutdown.
-    """
-
-    def __init__(self) -> None:
-        self._loops: PerLoop[_LoopEntries] = PerLoop(_new_entries)
-
-    async def get(self, record: ConnectionRecord, build: Callable[[], Awaitable[tuple[T, Closer]]]) -> T:
-        entries = await self._loops.get()
-        entry = entries.get(record.id)
-        if entry is None or entry[0] != record.credential_rev:
-            async with entries.locks.setdefault(record.id, asyncio.Lock()):
-                entry = entries.get(record.id)
-                if entry is None or entry[0] != record.credential_rev:
-                    await entries.drop(record.id)
-                    value, close = await build()
-                    entry = entries[record.id] = (record.credential_rev, value, close)
-        return cast(T, entry[1])
-
-    async def invalidate(self, connection_id: str) -> None:
-        await (await self._loops.get()).drop(connection_id)

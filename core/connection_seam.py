@@ -1,7 +1,7 @@
 """Where connections and what rides on them (rotation, later secret rotations and destinations) meet.
 
 Neither domain package imports the other. Connections provide `ConnectionAccess` (facts about a
-connection, a Graph client acting as it, the one conditional switch of its client secret);
+connection, its credential and Graph client, the one conditional switch of its client secret);
 rotation provides `KindHooks` for the client-secret kind (its request block, its view, and what
 to do before and after a create, PATCH or delete). The composition root (function_app.wire)
 names the modules that register them; they are imported on first use, so cold start pays nothing.
@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from core.auth import Caller
+    from core.azure_credentials import AppAccess
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class ConnectionAccess(Protocol):
     async def facts(self, kind: str, connection_id: str) -> ConnectionFacts:
         """The connection's facts, or a NotFound problem."""
 
-    async def graph_client(self, kind: str, connection_id: str) -> Any:
-        """A Graph client acting as the connection with its current credentials."""
+    async def app_access(self, kind: str, connection_id: str) -> AppAccess:
+        """The connection's credential and Graph client (core.azure_credentials: the one cache);
+        its `pace_key` is what the gateway paces the calls by."""
 
     async def switch_client_secret(self, kind: str, connection_id: str, secret: str, *, from_rev: str) -> str:
         """Make `secret` the connection's client secret if it is still at `from_rev`; the new revision.

@@ -8,19 +8,21 @@ rotation/ never imports connections/. Errors are described here (never with a se
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from core import azure_gateway, azure_passwords
+from core.azure_failure import AzureFailure
 from core.connection_seam import ConnectionFacts, access
 from core.errors import FieldError, Problem, Unprocessable, UpstreamError
 
 if TYPE_CHECKING:
     from msgraph.generated.models.application import Application
-    from msgraph.graph_service_client import GraphServiceClient
 
+    from core.azure_credentials import AppAccess
     from rotation.store import RotationRecord
 
 KIND = "azure-client-secrets"
@@ -29,7 +31,6 @@ VERIFY_TIMEOUT_SECONDS = 60.0
 VERIFY_FIRST_DELAY_SECONDS = 0.5
 VERIFY_MAX_DELAY_SECONDS = 8.0
 MAX_ERROR = 300
-_AADSTS = re.compile(r"AADSTS\d+")
 
 
 class RotationError(Exception):
@@ -45,46 +46,29 @@ async def facts(connection_id: str) -> ConnectionFacts:
     return await access().facts(KIND, connection_id)
 
 
-async def _graph(connection_id: str) -> GraphServiceClient:
-    client: GraphServiceClient = await access().graph_client(KIND, connection_id)
-    return client
+async def _access(connection_id: str) -> AppAccess:
+    return await access().app_access(KIND, connection_id)
 
 
 def graph_status(error: BaseException) -> int | None:
-    from kiota_abstractions.api_error import APIError
-
-    if isinstance(error, APIError):
-        return error.response_status_code
-    return None
+    """The HTTP status of a failed Azure call (the gateway classified it), else None."""
+    return error.status if isinstance(error, AzureFailure) else None
 
 
 def describe_error(error: BaseException, *known_secrets: str | None) -> str:
-    """A short, secret-free account of an error for `lastError`, audit and events."""
-    from kiota_abstractions.api_error import APIError
+    """A short, secret-free account of an error for `lastError`, audit and events.
 
+    Azure's answers were classified by the gateway (`AzureFailure.describe`); this adds only
+    the rotation's own failures and problems.
+    """
     if isinstance(error, RotationError):
         text = error.message
     elif isinstance(error, Problem):
         text = error.detail
-    elif isinstance(error, APIError):
-        code = message = ""
-        inner = getattr(error, "error", None)
-        if inner is not None:
-            code = str(getattr(inner, "code", "") or "")
-            message = str(getattr(inner, "message", "") or "")
-        text = f"Microsoft Graph answered {error.response_status_code}" + (f" {code}" if code else "")
-        if message:
-            text += f": {message}"
+    elif isinstance(error, AzureFailure):
+        text = error.describe()
     else:
-        from azure.core.exceptions import ClientAuthenticationError
-
-        if isinstance(error, ClientAuthenticationError):
-            codes = sorted(set(_AADSTS.findall(str(error.message or ""))))
-            text = "Entra ID refused the token request" + (f" ({', '.join(codes)})" if codes else "")
-        elif isinstance(error, TimeoutError | asyncio.TimeoutError):
-            text = "a call to Azure timed out"
-        else:
-            text = f"unexpected {type(error).__name__}"
+        text = f"unexpected {type(error).__name__}"
     for secret in known_secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -93,8 +77,9 @@ def describe_error(error: BaseException, *known_secrets: str | None) -> str:
 
 async def get_application(connection_id: str, client_id: str) -> Application:
     """The connection's app registration (by its appId), with its password credentials."""
-    client = await _graph(connection_id)
-    app = await client.applications_with_app_id(client_id).get()
+    app_access = await _access(connection_id)
+    builder = app_access.graph().applications_with_app_id(client_id)
+    app = await azure_gateway.call("readApplication", builder.get, pace=app_access.pace_key)
     if app is None or not app.id:
         raise RotationError(f"Microsoft Graph returned no application for appId {client_id}")
     return app
@@ -141,22 +126,24 @@ async def check_key_id(connection: ConnectionFacts, key_id: str) -> str:
 
 
 async def add_password(record: RotationRecord) -> tuple[str, str]:
-    from msgraph.generated.applications.item.add_password.add_password_post_request_body import (
-        AddPasswordPostRequestBody,
-    )
-    from msgraph.generated.models.password_credential import PasswordCredential
+    """addPassword exactly once (core.azure_passwords): a lost answer is never re-sent.
 
-    client = await _graph(record.connection_id)
-    body = AddPasswordPostRequestBody(
-        password_credential=PasswordCredential(
-            display_name=record.new_display_name,
-            end_date_time=datetime.fromisoformat(record.new_end_at) if record.new_end_at else None,
-        )
+    A credential adopted after a lost answer has no value we could use, so the step fails and
+    the rollback removes it (found by the run's display name, the broker's marker).
+    """
+    assert record.new_display_name
+    assert record.new_end_at
+    app_access = await _access(record.connection_id)
+    added = await azure_passwords.add_password(
+        app_access, record.app_object_id, record.new_display_name, datetime.fromisoformat(record.new_end_at)
     )
-    created = await client.applications.by_application_id(record.app_object_id).add_password.post(body)
-    if created is None or not created.key_id or not created.secret_text:
-        raise RotationError("addPassword returned no key id or secret")
-    return str(created.key_id).lower(), created.secret_text
+    if added.secret is None:
+        record.new_key_id = added.key_id
+        raise RotationError(
+            f"addPassword's answer was lost; the secret it made ({added.key_id}) is removed and the "
+            "rotation retried"
+        )
+    return added.key_id, added.secret
 
 
 async def remove_password(record: RotationRecord, key_id: str) -> None:
@@ -165,13 +152,14 @@ async def remove_password(record: RotationRecord, key_id: str) -> None:
         RemovePasswordPostRequestBody,
     )
 
-    client = await _graph(record.connection_id)
+    app_access = await _access(record.connection_id)
+    builder = app_access.graph().applications.by_application_id(record.app_object_id).remove_password
+    body = RemovePasswordPostRequestBody(key_id=UUID(key_id))
     try:
-        await client.applications.by_application_id(record.app_object_id).remove_password.post(
-            RemovePasswordPostRequestBody(key_id=UUID(key_id))
-        )
-    except Exception as error:
-        if graph_status(error) not in (400, 404):
+        # Removing a Key ID twice is harmless (the second finds it gone), so it may be retried.
+        await azure_gateway.call("removePassword", lambda: builder.post(body), pace=app_access.pace_key)
+    except AzureFailure as error:
+        if error.status not in (400, 404):
             raise
         # Graph refuses to remove an unknown key id; make sure that is why.
         connection = await facts(record.connection_id)
@@ -182,8 +170,6 @@ async def remove_password(record: RotationRecord, key_id: str) -> None:
 
 async def verify_secret(tenant_id: str, client_id: str, secret: str) -> None:
     """Prove the secret gets a Graph token, retrying through replication delay (bounded)."""
-    from azure.core.exceptions import ClientAuthenticationError
-
     from core.azure_clients import client_secret_credential, graph_scope
 
     deadline = time.monotonic() + VERIFY_TIMEOUT_SECONDS
@@ -192,10 +178,12 @@ async def verify_secret(tenant_id: str, client_id: str, secret: str) -> None:
         credential = client_secret_credential(tenant_id, client_id, secret)
         try:
             async with credential:
-                await credential.get_token(graph_scope())
+                await azure_gateway.call(
+                    "verifyToken", partial(credential.get_token, graph_scope()), kind="token"
+                )
             return
-        except ClientAuthenticationError as error:
-            if time.monotonic() + delay > deadline:
+        except AzureFailure as error:
+            if error.transient or time.monotonic() + delay > deadline:
                 raise RotationError(
                     f"the new secret did not get a token within {VERIFY_TIMEOUT_SECONDS:.0f}s: "
                     + describe_error(error, secret)

@@ -6,12 +6,11 @@ fails stays listed for the reconciler. The Key ID a connection uses now is never
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from core import audit, clock, events, tables
+from core import audit, azure_gateway, clock, events, tables
 from core.errors import Conflict, UpstreamError
 from core.secret_store import secret_store
 from rotation import store
@@ -62,7 +61,8 @@ async def remove_retired(record: RotationRecord, caller: Caller) -> RotationReco
     failed: dict[str, str] = {}
     for key_id in pending:
         try:
-            await asyncio.wait_for(remove_password(record, key_id), CLEANUP_TIMEOUT_SECONDS)
+            async with azure_gateway.deadline(CLEANUP_TIMEOUT_SECONDS):
+                await remove_password(record, key_id)
         except Exception as error:
             failed[key_id] = describe_error(error)
         else:

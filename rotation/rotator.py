@@ -26,7 +26,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, cast
 
-from core import audit, clock, events, tables
+from core import audit, azure_gateway, clock, events, tables
 from core.connection_seam import RevisionMoved, access
 from core.errors import Conflict, NotFound
 from core.secret_store import SecretMissing, secret_name, secret_store
@@ -68,12 +68,21 @@ def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def claim_until(record: RotationRecord) -> datetime:
+    """When the claim of the recorded step ends: its Azure calls run under this deadline."""
+    step_at = _parse(record.step_at) or clock.now()
+    return step_at + STUCK_AFTER
+
+
 def in_flight(record: RotationRecord, now: datetime | None = None) -> bool:
-    """A live worker is rotating (or deleting) this connection now (so others keep off)."""
-    if not record.step or record.status not in ("rotating", "deleting"):
+    """A live worker is rotating (or deleting) this connection now (so others keep off).
+
+    A takeover waits for the claim plus the longest single Azure call (`azure_gateway.takeover_at`):
+    a request sent just before the claim ended has surely landed by then.
+    """
+    if not record.step or record.status not in ("rotating", "deleting") or not record.step_at:
         return False
-    step_at = _parse(record.step_at)
-    return step_at is not None and step_at > (now or clock.now()) - STUCK_AFTER
+    return azure_gateway.takeover_at(claim_until(record)) > (now or clock.now())
 
 
 class Superseded(RotationError):
@@ -318,7 +327,8 @@ async def run(record: RotationRecord) -> RotationRecord:
     """Drive a claimed rotation to `done`, or to a recorded failure."""
     while record.step:
         try:
-            record = await advance(record)
+            async with azure_gateway.deadline(claim_until(record)):  # no step outlives its claim
+                record = await advance(record)
         except tables.ConcurrencyConflict:
             raise  # someone else owns the row now; they carry on
         except Exception as error:

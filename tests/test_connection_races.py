@@ -129,6 +129,27 @@ def test_patch_of_the_client_secret_racing_a_rotation_never_locks_the_connection
     assert_validates(broker, body["id"])
 
 
+def test_a_lost_add_password_answer_creates_no_second_secret(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    working = current_secret(broker, body["id"])
+    added = fake_azure.request_count("graph", "addPassword", "POST")
+    fake_azure.inject("graph", "lost", path_pattern="addPassword")  # Graph adds it; the answer is lost
+
+    failed = api.post(f"{PREFIX}/{body['id']}/rotate")
+
+    assert_problem(failed, 502)
+    assert fake_azure.request_count("graph", "addPassword", "POST") == added + 1, "never sent twice"
+    assert len(app.broker_keys()) == 1, "the adopted secret was removed, the working one kept"
+    assert current_secret(broker, body["id"]) == working
+    assert_validates(broker, body["id"])
+    assert api.post(f"{PREFIX}/{body['id']}/rotate").status_code == 200
+    assert len(app.broker_keys()) == 1
+    assert_validates(broker, body["id"])
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [({"timeZone": "Europe"}, "rotation.timeZone"), ({"timeZone": "Mars/Olympus"}, "rotation.timeZone")],

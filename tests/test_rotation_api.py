@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -445,6 +446,7 @@ def test_a_failed_removal_on_patch_is_tracked_and_finished_by_the_reconciler(
     assert rotation_row(broker, body["id"]).pending_removals() == [broker_key]
 
     fake_azure.reset_faults()
+    time.sleep(1.1)  # Graph's last Retry-After (1 s) has passed: the gateway holds this app's calls till then
     summary = broker.run(reconcile_rotations())
     assert summary.get("cleaned_up") == 1, summary
     assert {k.lower() for k in app.key_ids()} == {new_key_id}
