@@ -17,7 +17,7 @@ from connections import lifecycle, oauth, oauth_credentials, store
 from connections.azure_errors import within_deadline
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
-from connections.lifecycle import ConnectionChanges, KindSpec, Material
+from connections.kinds import ConnectionChanges, KindSpec, Material
 from connections.models import (
     AuthorizeClientSecretsBody,
     CreateCertificateConnection,

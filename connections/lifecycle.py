@@ -18,62 +18,17 @@ request wrote; every outcome is audited. Hooks (rotation) come from core.connect
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from connections import oauth, store
+from connections.kinds import ConnectionChanges, KindSpec, Material, check_etag, merged_credentials
 from connections.store import ConnectionRecord
 from core import audit, clock, records, tables
 from core.auth import Caller
 from core.connection_seam import ConnectionFacts, RevisionMoved, UpdatePlan, hooks_for
-from core.errors import FieldError, PreconditionFailed, Problem, Unavailable, Unprocessable
-
-# (secret values to store, row metadata, values to redact from Azure's messages)
-Material = tuple[dict[str, str], dict[str, str], list[str]]
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """What differs between connection kinds."""
-
-    kind: str
-    resource: str  # audit resource type
-    credential_models: Mapping[str, type[BaseModel]]  # method -> credentials model (methods set by PATCH)
-    material: Callable[[str, Any], Material]  # (method, credentials) -> material
-    # (record, secret values, redact, require_key_id=...) -> None; raises the problem naming the field
-    validate: Callable[..., Awaitable[None]]
-    current_credentials: Callable[[ConnectionRecord], Awaitable[dict[str, Any]]]  # for PATCH merges
-    invalidate: Callable[[ConnectionRecord], Awaitable[None]]  # close what is cached for its credential
-    reauthorize_hint: str  # how an OAuth connection gets new credentials
-    paired_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # method -> change together
-
-
-class ConnectionChanges(BaseModel):
-    """A PATCH, shape-checked by the route: only what is set changes."""
-
-    name: str | None = None
-    description: str | None = None
-    description_set: bool = False
-    credentials: dict[str, Any] | None = None
-
-
-def field_errors(error: ValidationError, prefix: str) -> Unprocessable:
-    """A pydantic error of a nested body part as a 422 with camelCase field paths."""
-    errors = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item.get("loc", ()))
-        kind = item.get("type")
-        if kind == "missing":
-            message = "is required"
-        elif kind == "extra_forbidden":
-            message = "is not a known field for this method; remove it"
-        else:
-            message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
-        errors.append(FieldError(f"{prefix}{loc}".rstrip("."), message))
-    return Unprocessable("The request has invalid fields; see errors.", errors)
+from core.errors import FieldError, Problem, Unavailable, Unprocessable
 
 
 def _with_identity(record: ConnectionRecord, credentials: Any) -> ConnectionRecord:
@@ -237,37 +192,6 @@ async def insert_oauth(
     return await insert(spec, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False)
 
 
-def _check_etag(record: ConnectionRecord, if_match: str | None) -> None:
-    if if_match is not None and if_match.strip() not in {record.etag, "*"}:
-        raise PreconditionFailed(
-            "the connection changed since you read it (If-Match does not match its ETag); GET it and retry",
-            code="etag-mismatch",
-        )
-
-
-async def _merged_credentials(spec: KindSpec, record: ConnectionRecord, given: dict[str, Any]) -> Any:
-    """PATCH credentials over the current ones: send only what changes (secrets are kept if absent)."""
-    model = spec.credential_models.get(record.method)
-    if model is None:
-        raise Unprocessable(
-            f"{record.method} connections cannot take new credentials by PATCH: {spec.reauthorize_hint}",
-            [FieldError("credentials", f"cannot be changed for method {record.method}")],
-        )
-    pair = spec.paired_fields.get(record.method, ())
-    present = [name for name in pair if name in given]
-    if present and len(present) != len(pair):
-        missing = next(name for name in pair if name not in given)
-        raise Unprocessable(
-            f"{' and '.join(pair)} change together",
-            [FieldError(f"credentials.{missing}", "is required when the other half changes")],
-        )
-    merged = {**await spec.current_credentials(record), **given}
-    try:
-        return model.model_validate(merged)
-    except ValidationError as error:
-        raise field_errors(error, "credentials.") from None
-
-
 async def update(
     spec: KindSpec,
     connection_id: str,
@@ -283,7 +207,7 @@ async def update(
     hooks' `prepare_update`, the credentials' shape) are checked before anything is written.
     """
     record = await store.get_record(spec.kind, connection_id)
-    _check_etag(record, if_match)
+    check_etag(record, if_match)
     hooks = hooks_for(spec.kind)
     if hooks is not None and extension is not None and record.method not in hooks.methods:
         raise Unprocessable(
@@ -323,7 +247,7 @@ async def _update_row(
     renamed = changes.name is not None and changes.name != record.name
     material: Material | None = None
     if changes.credentials is not None:
-        credentials = await _merged_credentials(spec, record, changes.credentials)
+        credentials = await merged_credentials(spec, record, changes.credentials)
         material = spec.material(record.method, credentials)
         updated = _with_identity(
             updated.model_copy(update={"meta": material[1], "credential_rev": store.new_rev()}), credentials
@@ -408,7 +332,7 @@ async def delete(
     """Forget a connection and its secret material; its hooks first (rotation removes the
     broker-made secrets from the app). A stale If-Match is a 412 before anything happens."""
     record = await store.get_record(spec.kind, connection_id)
-    _check_etag(record, if_match)
+    check_etag(record, if_match)
     hooks = hooks_for(spec.kind)
     if hooks is not None and record.method in hooks.methods:
         await hooks.deleting(facts_of(spec, record), caller)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field, create_model
 
 from connections import lifecycle, store
-from connections.lifecycle import KindSpec
+from connections.kinds import KindSpec
 from connections.models import AuthorizationStarted, UpdateConnectionBody
 from connections.routing import (
     ConnectionId,

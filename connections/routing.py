@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from connections import oauth
-from connections.lifecycle import ConnectionChanges
+from connections.kinds import ConnectionChanges
 from connections.models import AuthorizationStarted, UpdateConnectionBody
 from core.deps import ID_PATTERN
 

@@ -419,7 +419,7 @@ def test_dangling_index_entries_are_dropped_only_when_old(broker: ServerHandle) 
 def _switch_secret(broker: ServerHandle, fake_azure: Any, app: RotatingApp, connection_id: str) -> str:
     """What a PATCH of a new client secret (with its Key ID) does, through the same services."""
     from connections import client_secrets, lifecycle
-    from connections.lifecycle import ConnectionChanges
+    from connections.kinds import ConnectionChanges
     from core.audit import SYSTEM
     from rotation.service import RotationSettings
 
