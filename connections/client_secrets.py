@@ -31,12 +31,11 @@ from core.auth import Caller
 from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
 from core.azure_credentials import AppAccess
 from core.azure_problems import credential_problem, graph_problem
-from core.errors import Conflict, FieldError, Problem, Unprocessable
+from core.errors import Conflict, Problem
 from core.models import ApiModel
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
-    from msgraph.generated.models.application import Application
     from msgraph.graph_service_client import GraphServiceClient
 
 KIND = "azure-client-secrets"
@@ -159,22 +158,6 @@ async def close_graph(client: GraphServiceClient, credential: AsyncTokenCredenti
             await credential.close()
 
 
-def require_key_id(app: Application, key_id: str, client_id: str) -> None:
-    """422 naming `rotation.clientSecretKeyId` unless `key_id` is one of the app's client secrets."""
-    keys = {str(c.key_id).lower() for c in app.password_credentials or [] if c.key_id}
-    if key_id.lower() not in keys:
-        raise Unprocessable(
-            "the Key ID is not a client secret of the connection's app",
-            [
-                FieldError(
-                    "rotation.clientSecretKeyId",
-                    f"is not the Secret ID of a client secret of app {client_id}; "
-                    "copy it from the app's Certificates & secrets page",
-                )
-            ],
-        )
-
-
 async def validate_app_credentials(
     tenant_id: str,
     client_id: str,
@@ -182,11 +165,11 @@ async def validate_app_credentials(
     secrets: dict[str, str],
     redact: list[str],
     *,
-    key_id: str | None = None,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     """Prove app credentials work: acquire a Graph token, then read the app itself from Graph.
 
-    With `key_id` (the rotation's Key ID of a new client secret), the app read must list it.
+    `check_app` (a hook's, e.g. the rotation's "the new secret's Key ID is on the app") sees the app read.
     """
     try:
         credential = _credential(tenant_id, client_id, method, secrets)
@@ -212,15 +195,19 @@ async def validate_app_credentials(
             await credential.close()
         else:
             await close_graph(client, credential)
-    if key_id is not None and app is not None:
-        require_key_id(app, key_id, client_id)
+    if check_app is not None and app is not None:
+        check_app(app)
 
 
 async def _validate(
-    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, require_key_id: str | None = None
+    record: ConnectionRecord,
+    secrets: dict[str, str],
+    redact: list[str],
+    *,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     await validate_app_credentials(
-        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, key_id=require_key_id
+        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, check_app=check_app
     )
 
 

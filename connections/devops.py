@@ -103,7 +103,11 @@ def _material(method: str, credentials: Any) -> Material:
 
 
 async def _validate(
-    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, require_key_id: str | None = None
+    record: ConnectionRecord,
+    secrets: dict[str, str],
+    redact: list[str],
+    *,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     org = record.org_name or ""
     if record.method == "access-token":

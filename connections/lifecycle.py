@@ -18,6 +18,7 @@ request wrote; every outcome is audited. Hooks (rotation) come from core.connect
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -70,11 +71,11 @@ async def validated(
     record: ConnectionRecord,
     material: Material,
     *,
-    require_key_id: str | None = None,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     """Prove the credentials against Azure; a refusal is audited (connection.validate) and raised."""
     try:
-        await spec.validate(record, material[0], material[2], require_key_id=require_key_id)
+        await spec.validate(record, material[0], material[2], check_app=check_app)
     except Problem as problem:
         await _audit_failure(spec, caller, "connection.validate", subject, problem)
         raise
@@ -253,7 +254,7 @@ async def _update_row(
             updated.model_copy(update={"meta": material[1], "credential_rev": store.new_rev()}), credentials
         )
         await validated(
-            spec, caller, record.id, updated, material, require_key_id=plan.require_key_id if plan else None
+            spec, caller, record.id, updated, material, check_app=plan.check_app if plan else None
         )
     if renamed:
         assert changes.name is not None

@@ -55,9 +55,10 @@ class ConnectionAccess(Protocol):
 
 @dataclass(frozen=True)
 class UpdatePlan:
-    """What a hook decided before a PATCH changes anything (`require_key_id`: checked on validation)."""
+    """What a hook decided before a PATCH changes anything; `check_app` sees the app that the new
+    credentials read while they are validated (and refuses with a problem naming the field)."""
 
-    require_key_id: str | None = None
+    check_app: Callable[[Any], None] | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
 

@@ -109,6 +109,13 @@ async def check_key_id(connection: ConnectionFacts, key_id: str) -> str:
                 [FieldError("rotation", f"app {connection.client_id} has no registration here: {detail}")],
             ) from None
         raise UpstreamError(f"could not read the app registration from Microsoft Graph: {detail}") from None
+    require_key_id(app, key_id=key_id, client_id=connection.client_id)
+    assert app.id
+    return str(app.id)
+
+
+def require_key_id(app: Application, *, key_id: str, client_id: str) -> None:
+    """422 naming `rotation.clientSecretKeyId` unless `key_id` is one of the app's client secrets."""
     keys = {str(c.key_id).lower() for c in app.password_credentials or [] if c.key_id}
     if key_id.lower() not in keys:
         raise Unprocessable(
@@ -116,13 +123,11 @@ async def check_key_id(connection: ConnectionFacts, key_id: str) -> str:
             [
                 FieldError(
                     "rotation.clientSecretKeyId",
-                    f"is not the Secret ID of a client secret of app {connection.client_id}; "
+                    f"is not the Secret ID of a client secret of app {client_id}; "
                     "copy it from the app's Certificates & secrets page",
                 )
             ],
         )
-    assert app.id
-    return str(app.id)
 
 
 async def add_password(record: RotationRecord) -> tuple[str, str]:

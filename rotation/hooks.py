@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from core.connection_seam import ConnectionFacts, KindHooks, UpdatePlan, provide_hooks
 from core.errors import FieldError, Unavailable, Unprocessable
-from rotation import service
+from rotation import azure_steps, service
 from rotation.service import CLIENT_SECRET_METHOD, RotationSettings, RotationView
 
 if TYPE_CHECKING:
@@ -55,7 +56,12 @@ async def _prepare_update(
         )
     key_id = await service.key_id_for_new_secret(facts.id, chosen, credentials)
     secret_changed = bool(credentials) and "clientSecret" in (credentials or {})
-    return UpdatePlan(require_key_id=key_id, data={"secret_changed": secret_changed})
+    check = (
+        None
+        if key_id is None
+        else partial(azure_steps.require_key_id, key_id=key_id, client_id=facts.client_id)
+    )
+    return UpdatePlan(check_app=check, data={"secret_changed": secret_changed})
 
 
 async def _wait_for_run(connection_id: str) -> None:
