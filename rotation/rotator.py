@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, cast
 
 from core import audit, azure_gateway, clock, events, tables
+from core.azure_failure import AzureFailure
 from core.connection_seam import RevisionMoved, access
 from core.errors import Conflict, NotFound
 from core.secret_store import SecretMissing, secret_name, secret_store
@@ -287,7 +288,10 @@ async def _fail(record: RotationRecord, error: BaseException) -> RotationRecord:
     message = describe_error(error)
     log.warning("rotation of %s failed at %s: %s", record.connection_id, step, message)
     rolled_back = False
-    if step in ("planned", "added") or isinstance(error, Superseded):
+    # An addPassword whose outcome is unknown (cut by the claim's deadline) may still land until the
+    # claim plus the longest call: the step stays `planned`, and the takeover undoes it after that.
+    landing = step == "planned" and isinstance(error, AzureFailure) and error.outcome_unknown
+    if (step in ("planned", "added") or isinstance(error, Superseded)) and not landing:
         try:
             record = await rollback(record)
             rolled_back = True

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from core import audit, events, tables
-from core.errors import Conflict
+from core.errors import Conflict, NotFound
 from rotation import store
 from rotation.rotator import STUCK_AFTER, _parse, begin, in_flight, run, take_over
 from rotation.store import RotationRecord
@@ -73,6 +73,10 @@ async def process_due(connection_id: str, index_key: str, now: datetime) -> str:
         return "claimed_elsewhere"
     except Conflict:
         return "busy"
+    except NotFound:
+        # The connection was deleted under this row (a delete that died mid-way): nothing to rotate.
+        await store.remove(record.model_copy(update={"etag": None}))
+        return "stale"
     return "failed" if record.status == "failed" else outcome
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -148,6 +149,37 @@ def test_a_lost_add_password_answer_creates_no_second_secret(
     assert api.post(f"{PREFIX}/{body['id']}/rotate").status_code == 200
     assert len(app.broker_keys()) == 1
     assert_validates(broker, body["id"])
+
+
+def test_a_rotation_step_never_outlives_its_claim(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """An Azure call under a claim is cut at the claim's end; what it may still do is undone later."""
+    from core import clock
+    from core.audit import SYSTEM
+    from rotation import rotator, store
+    from tests.rotation_helpers import assert_one_working_broker_secret, run_timer
+
+    app = make_app(fake_azure)
+    body = made.create(app)
+    record = broker.run(store.load(body["id"]))
+    record = broker.run(rotator.begin(record, SYSTEM, "manual", move_due=True))
+    clock.advance(rotator.STUCK_AFTER - timedelta(seconds=2))  # the claim ends in 2 s
+    fake_azure.inject("graph", "delay", path_pattern="addPassword", seconds=8)  # Azure answers in 8 s
+
+    started = time.monotonic()
+    record = broker.run(rotator.run(record))
+
+    assert time.monotonic() - started < 6, "the step was cut at its claim's end, not after Azure answered"
+    assert record.status == "failed"
+    assert record.step == "planned", "the unknown outcome stays recorded for the takeover"
+    deadline = time.monotonic() + 20
+    while len(app.broker_keys()) < 2:  # the held addPassword lands after the claim ended
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    clock.advance(timedelta(minutes=6))
+    assert run_timer(broker).get("resumed") == 1  # the takeover removes what landed, then rotates
+    assert_one_working_broker_secret(fake_azure, broker, app, body["id"])
 
 
 @pytest.mark.parametrize(
