@@ -13,6 +13,7 @@ from typing import Any
 import azure.functions as func
 from fastapi import FastAPI
 
+from core import connection_seam
 from core.api import LazyApp, create_app
 from core.jobs import Job, run_job
 from core.settings import get_settings
@@ -20,21 +21,18 @@ from core.settings import get_settings
 get_settings()  # fail at start, naming the bad setting, rather than on the first request
 
 
+# The domain packages never import each other: these modules register what they offer one
+# another in core.connection_seam (imported on first use, so cold start pays nothing).
+connection_seam.wire(("connections.access", "rotation.hooks"))
+
+
 def build_api() -> FastAPI:
     """The FastAPI app with every domain router."""
-    from connections import client_secrets_routes, devops_routes, oauth_routes
+    from connections import oauth_routes, routes
     from leases import routes as lease_routes
     from rotation import routes as rotation_routes
 
-    return create_app(
-        [
-            client_secrets_routes.router,
-            devops_routes.router,
-            oauth_routes.router,
-            rotation_routes.router,
-            lease_routes.router,
-        ]
-    )
+    return create_app([*routes.routers(), oauth_routes.router, rotation_routes.router, lease_routes.router])
 
 
 http = LazyApp(build_api)

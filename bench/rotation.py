@@ -24,6 +24,9 @@ from typing import Any
 
 from bench.table import Table
 
+# As function_app wires it: connections and rotation meet only through core.connection_seam.
+WIRING = ("connections.access", "rotation.hooks")
+
 TOTAL = 10_000
 DUE = 10
 SEED_CONCURRENCY = 64
@@ -48,19 +51,21 @@ def _environment(fake: Any, azurite: Any) -> None:
             "AZURE_CLIENT_SECRET": identity_secret,
         }
     )
+    from core import connection_seam
     from core.settings import get_settings
 
     get_settings.cache_clear()
+    connection_seam.wire(WIRING)
 
 
 async def _connection(fake: Any, interval_days: int) -> str:
     """A real client-secret connection with rotation on (its first rotation runs on create)."""
     from pydantic import SecretStr
 
-    from connections import client_secrets
+    from connections import client_secrets, lifecycle
     from connections.fields import ClientSecretCredentials
     from core.auth import Caller, Role
-    from rotation.service import RotationSettings, configure_rotation
+    from rotation.service import RotationSettings, RotationView
 
     caller = Caller(id="bench", name="bench", roles=frozenset({Role.ADMIN}))
     tenant = fake.add_tenant()
@@ -68,19 +73,21 @@ async def _connection(fake: Any, interval_days: int) -> str:
         tenant, "bench-app", permissions=["Application.ReadWrite.OwnedBy"], owned_by_itself=True
     )
     key_id, secret = fake.add_password(app, display_name="original")
-    connection = await client_secrets.create_connection(
-        f"bench-{uuid.uuid4().hex[:10]}",
-        None,
-        ClientSecretCredentials(tenant_id=tenant.id, client_id=app.app_id, client_secret=SecretStr(secret)),
-        caller,
-    )
     settings = RotationSettings(
         enabled=True, client_secret_key_id=uuid.UUID(key_id), interval_days=interval_days, rotate_at="02:00"
     )
-    view = await configure_rotation(connection, settings, caller, on_create=True)
-    assert view is not None
+    record, view = await lifecycle.create(
+        client_secrets.SPEC,
+        f"bench-{uuid.uuid4().hex[:10]}",
+        None,
+        "client-secret",
+        ClientSecretCredentials(tenant_id=tenant.id, client_id=app.app_id, client_secret=SecretStr(secret)),
+        caller,
+        settings,
+    )
+    assert isinstance(view, RotationView)
     assert view.status == "scheduled", view.last_error
-    return connection.id
+    return record.id
 
 
 class _PerTable:
@@ -196,11 +203,13 @@ async def _one_rotation(fake: Any) -> list[Table]:
 
 async def _forget(connection_id: str) -> None:
     """Remove the rotation (and the broker-made secret), and close the connection's cached client."""
-    from connections.client_secrets import invalidate_client
-    from rotation.service import delete_rotation
+    from connections import store
+    from connections.client_secrets import KIND, invalidate_client
+    from rotation.cleanup import forget
 
-    await delete_rotation(connection_id)
-    await invalidate_client(connection_id)
+    record = await store.get_record(KIND, connection_id)
+    await forget(connection_id, record.client_id or "")
+    await invalidate_client(record)
 
 
 async def _seed(count: int, far_from: Any) -> float:

@@ -1,8 +1,7 @@
 """The Azure Client Secrets connection: Graph access to a tenant by OAuth, client secret or certificate.
 
-Public service (other packages use these; rotation/ in particular): `get_connection`,
-`graph_client_for`, `read_client_secret`, `store_client_secret`, `invalidate_client`.
-Routes add create/list/update/delete and the OAuth start.
+Other packages reach it only through core.connection_seam (connections.access provides it):
+facts, a Graph client acting as the connection, and the one conditional secret switch.
 
 Credentials are validated on create and on every credential change: a token is acquired
 (step `token-acquisition`) and Graph is called (step `graph-call`: the app itself by appId for
@@ -11,26 +10,32 @@ app credentials, `/me` for OAuth). Nothing is stored unless both work.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from functools import partial
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from connections import lifecycle, oauth, store
-from connections.azure_errors import credential_problem, graph_problem, within_deadline
+from connections import lifecycle, oauth, oauth_credentials, store
+from connections.azure_errors import within_deadline
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
-from connections.lifecycle import ConnectionChanges, KindSpec, Material
-from connections.store import ConnectionRecord, CredentialCache
-from core import clock
+from connections.kinds import ConnectionChanges, KindSpec, Material
+from connections.models import (
+    AuthorizeClientSecretsBody,
+    CreateCertificateConnection,
+    CreateClientSecretConnection,
+    UpdateConnectionBody,
+)
+from connections.routes import KindApi
+from connections.store import ConnectionRecord
+from core import azure_credentials, clock
 from core.auth import Caller
 from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
-from core.errors import Conflict, FieldError, Unavailable, Unprocessable
+from core.azure_credentials import AppAccess
+from core.azure_problems import credential_problem, graph_problem
+from core.errors import Conflict, Problem
 from core.models import ApiModel
-from core.tables import ConcurrencyConflict
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
-    from msgraph.generated.models.application import Application
     from msgraph.graph_service_client import GraphServiceClient
 
 KIND = "azure-client-secrets"
@@ -46,8 +51,6 @@ __all__ = [
     "get_connection",
     "graph_client_for",
     "invalidate_client",
-    "read_client_secret",
-    "store_client_secret",
 ]
 
 
@@ -155,22 +158,6 @@ async def close_graph(client: GraphServiceClient, credential: AsyncTokenCredenti
             await credential.close()
 
 
-def require_key_id(app: Application, key_id: str, client_id: str) -> None:
-    """422 naming `rotation.clientSecretKeyId` unless `key_id` is one of the app's client secrets."""
-    keys = {str(c.key_id).lower() for c in app.password_credentials or [] if c.key_id}
-    if key_id.lower() not in keys:
-        raise Unprocessable(
-            "the Key ID is not a client secret of the connection's app",
-            [
-                FieldError(
-                    "rotation.clientSecretKeyId",
-                    f"is not the Secret ID of a client secret of app {client_id}; "
-                    "copy it from the app's Certificates & secrets page",
-                )
-            ],
-        )
-
-
 async def validate_app_credentials(
     tenant_id: str,
     client_id: str,
@@ -178,11 +165,11 @@ async def validate_app_credentials(
     secrets: dict[str, str],
     redact: list[str],
     *,
-    key_id: str | None = None,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     """Prove app credentials work: acquire a Graph token, then read the app itself from Graph.
 
-    With `key_id` (the rotation's Key ID of a new client secret), the app read must list it.
+    `check_app` (a hook's, e.g. the rotation's "the new secret's Key ID is on the app") sees the app read.
     """
     try:
         credential = _credential(tenant_id, client_id, method, secrets)
@@ -208,15 +195,19 @@ async def validate_app_credentials(
             await credential.close()
         else:
             await close_graph(client, credential)
-    if key_id is not None and app is not None:
-        require_key_id(app, key_id, client_id)
+    if check_app is not None and app is not None:
+        check_app(app)
 
 
 async def _validate(
-    record: ConnectionRecord, secrets: dict[str, str], redact: list[str], *, key_id: str | None = None
+    record: ConnectionRecord,
+    secrets: dict[str, str],
+    redact: list[str],
+    *,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     await validate_app_credentials(
-        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, key_id=key_id
+        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, check_app=check_app
     )
 
 
@@ -234,133 +225,66 @@ async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- writes
 
 
-async def create_connection(
-    name: str,
-    description: str | None,
-    credentials: ClientSecretCredentials | CertificateCredentials,
-    caller: Caller,
-) -> ClientSecretConnection:
-    """Validate and store a client-secret or certificate connection."""
-    method = "client-secret" if isinstance(credentials, ClientSecretCredentials) else "certificate"
-    return to_connection(await lifecycle.create(SPEC, name, description, method, credentials, caller))
-
-
-async def update_connection(
-    connection_id: str,
-    changes: ConnectionChanges,
-    caller: Caller,
-    *,
-    if_match: str | None = None,
-    rotation_key_id: str | None = None,
-) -> tuple[ClientSecretConnection, str | None]:
-    """Rename, redescribe and/or re-credential (validated first); a lost ETag race is a 409.
-
-    `rotation_key_id`: the Key ID the rotation will track for a new client secret; it is checked
-    against the app with the new credentials, before anything is saved. Returns the ETag too.
-    """
-    spec = (
-        SPEC
-        if rotation_key_id is None
-        else replace(SPEC, validate=partial(_validate, key_id=rotation_key_id))
-    )
-    record = await lifecycle.update(spec, connection_id, changes, caller, if_match=if_match)
-    return to_connection(record), record.etag
-
-
-async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
-    await lifecycle.delete(SPEC, connection_id, caller, if_match=if_match)
-
-
-async def rollback_create(connection_id: str, caller: Caller, reason: str) -> None:
-    """Undo a create whose rotation settings were refused."""
-    await lifecycle.rollback_create(SPEC, connection_id, caller, reason)
+def method_of(credentials: ClientSecretCredentials | CertificateCredentials) -> str:
+    return "client-secret" if isinstance(credentials, ClientSecretCredentials) else "certificate"
 
 
 # ------------------------------------------------------------------------------------- Graph for others
 
 
-_graph_clients: CredentialCache[GraphServiceClient] = CredentialCache()
-
-
-async def _connection_credential(record: ConnectionRecord) -> AsyncTokenCredential:
+async def _cache_key(record: ConnectionRecord) -> tuple[str, Callable[[], AsyncTokenCredential]]:
+    """What keys the connection's cached credential (its secret, bundle or refresh token name)."""
+    tenant, client = record.tenant_id or "", record.client_id or ""
     if record.method == "oauth":
-        return oauth.RefreshTokenCredential(
-            oauth.kind_of(KIND), record.tenant_id or "", record.secret_refs["refreshToken"]
-        )
+        ref = record.secret_refs["refreshToken"]
+        return ref, lambda: oauth_credentials.RefreshTokenCredential(oauth.kind_of(KIND), tenant, ref)
     purpose = "certificate" if record.method == "certificate" else "clientSecret"
     value = await store.read_secret(record, purpose)
-    return _credential(record.tenant_id or "", record.client_id or "", record.method, {purpose: value})
+    return value, lambda: _credential(tenant, client, record.method, {purpose: value})
+
+
+async def app_access(record: ConnectionRecord) -> AppAccess:
+    """The connection's credential and Graph client, from the gateway's one credential cache."""
+    material, build = await _cache_key(record)
+    return await azure_credentials.for_credential(
+        record.tenant_id or "", record.client_id or "", material, build
+    )
 
 
 async def graph_client_for(connection_id: str) -> GraphServiceClient:
-    """A Graph client authenticated as the connection with its CURRENT credential (cached per revision)."""
+    """A Graph client acting as the connection with its CURRENT credential (no SDK retries)."""
+    return (await app_access(await store.get_record(KIND, connection_id))).graph()
+
+
+async def invalidate_client(record: ConnectionRecord) -> None:
+    """Close the cached access of this record's credential (it is being replaced or removed)."""
+    try:
+        material, _ = await _cache_key(record)
+    except Problem:
+        return  # its secret is gone already: nothing cached can be reached by it any more
+    await azure_credentials.drop(record.tenant_id or "", record.client_id or "", material)
+
+
+async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str) -> str:
+    """Make `secret` the connection's client secret if it is still at `from_rev` (see lifecycle)."""
     record = await store.get_record(KIND, connection_id)
-
-    async def build() -> tuple[GraphServiceClient, store.Closer]:
-        credential = await _connection_credential(record)
-        client = graph_client(credential)
-        return client, partial(close_graph, client, credential)
-
-    return await _graph_clients.get(record, build)
-
-
-async def invalidate_client(connection_id: str) -> None:
-    """Drop the cached credential and Graph client of a connection (this process)."""
-    await _graph_clients.invalidate(connection_id)
-
-
-def _require_client_secret(record: ConnectionRecord) -> None:
     if record.method != "client-secret":
         raise Conflict(
             f"connection {record.id} uses method {record.method}; "
             "only client-secret connections have a client secret",
             code="wrong-method",
         )
-
-
-async def read_client_secret(connection_id: str) -> str:
-    """The connection's current client secret (for the rotator; never for a response)."""
-    record = await store.get_record(KIND, connection_id)
-    _require_client_secret(record)
-    return await store.read_secret(record, "clientSecret")
-
-
-async def store_client_secret(connection_id: str, secret: str) -> None:
-    """Make `secret` the connection's client secret.
-
-    The secret goes under a new name (a new revision), the row is flipped to it with an ETag write,
-    then the old name is deleted and cached clients dropped; a concurrent row change retries.
-    """
-    for _ in range(5):
-        record = await store.get_record(KIND, connection_id)
-        _require_client_secret(record)
-        rev = store.new_rev()
-        refs = await store.put_secrets(KIND, record.id, rev, {"clientSecret": secret})
-        updated = replace(
-            record, credential_rev=rev, secret_refs=refs, updated_at=clock.isoformat(clock.now())
-        )
-        try:
-            await store.replace_record(updated)
-        except ConcurrencyConflict:
-            await store.delete_secrets(refs)
-            continue
-        except BaseException:
-            await store.delete_secrets(refs)
-            raise
-        await store.delete_secrets(record.secret_refs)
-        await invalidate_client(record.id)
-        return
-    raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
+    return await lifecycle.switch_secret(SPEC, connection_id, "clientSecret", secret, from_rev=from_rev)
 
 
 # ---------------------------------------------------------------------------------------------- OAuth
 
 
-async def start_oauth(name: str, tenant_id: str, description: str | None, caller: Caller) -> str:
+async def start_oauth(body: AuthorizeClientSecretsBody, caller: Caller) -> str:
     """The authorize URL for a new OAuth connection (the name is checked now, claimed at the callback)."""
-    await store.ensure_name_free(KIND, name)
+    await store.ensure_name_free(KIND, body.name)
     return await oauth.start_authorization(
-        KIND, tenant_id, {"name": name, "description": description}, caller
+        KIND, body.tenant_id, {"name": body.name, "description": body.description}, caller
     )
 
 
@@ -370,7 +294,7 @@ async def _complete_oauth(
     """The callback's last step for this kind: check `/me` with the delegated token, then create."""
     tenant = str(pending.params["tenantId"])
     token_tenant = oauth.check_grant(tokens, tenant)
-    credential = oauth.StaticTokenCredential(tokens.access_token, tokens.expires_on)
+    credential = oauth_credentials.StaticTokenCredential(tokens.access_token, tokens.expires_on)
     client = graph_client(credential)
     try:
         me = await within_deadline(client.me.get(), "graph-call")
@@ -402,4 +326,18 @@ oauth.register(
         scope=graph_scope,
         complete=_complete_oauth,
     )
+)
+
+API = KindApi(
+    spec=SPEC,
+    prefix="/api/v1/app-connections/azure-client-secrets",
+    methods=("client-secret", "certificate"),
+    create_models=(CreateClientSecretConnection, CreateCertificateConnection),
+    update_model=UpdateConnectionBody,
+    authorize_model=AuthorizeClientSecretsBody,
+    view_model=ClientSecretConnection,
+    to_view=to_connection,
+    method_of=method_of,
+    start_oauth=start_oauth,
+    create_summary="Create a client-secret or certificate connection (validated against Entra ID and Graph)",
 )

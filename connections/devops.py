@@ -1,51 +1,53 @@
 """The Azure DevOps connection: one organization, by OAuth, a personal access token or an app's client secret.
 
-Validated on create (and on credential change) by listing the organization's projects; the
-connection lists projects afterwards, page by page (DevOps continuation tokens). Only
-`AZURE_DEVOPS_ENDPOINT` + a validated organization name is ever called, without following
-redirects (a redirect is DevOps sending a bad credential to its sign-in page).
+Validated on create (and on credential change) by listing the organization's projects
+(connections.devops_rest); the connection lists projects afterwards, page by page.
 """
 
 from __future__ import annotations
 
-import base64
-import re
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from connections import lifecycle, oauth, store
-from connections.azure_errors import (
-    DEVOPS_SCOPES,
-    AzureRejected,
-    Explanation,
-    credential_problem,
-    rejected,
-    send_with_retries,
-    transient_problem,
-    within_deadline,
+from fastapi import APIRouter, Query
+
+from connections import lifecycle, oauth, oauth_credentials, store
+from connections.devops_rest import (
+    CONTINUATION,
+    DEVOPS_SCOPE,
+    Project,
+    ProjectPage,
+    basic,
+    bearer,
+    projects,
 )
 from connections.fields import DevOpsAccessTokenCredentials, DevOpsClientSecretCredentials
-from connections.lifecycle import ConnectionChanges, KindSpec, Material
-from connections.store import ConnectionRecord, CredentialCache
+from connections.kinds import ConnectionChanges, KindSpec, Material
+from connections.models import (
+    AuthorizeDevOpsBody,
+    CreateDevOpsAccessTokenConnection,
+    CreateDevOpsClientSecretConnection,
+    UpdateConnectionBody,
+)
+from connections.routes import KindApi
+from connections.routing import ConnectionId
+from connections.store import ConnectionRecord
+from core import azure_credentials
 from core.auth import Caller
-from core.azure_clients import client_secret_credential, http_client
+from core.azure_clients import client_secret_credential
+from core.azure_problems import (
+    AzureRejected,
+)
+from core.deps import Reader
 from core.errors import Conflict, FieldError, Problem, Unprocessable
 from core.models import ApiModel
-from core.retry_after import retry_after_seconds
-from core.settings import get_settings
 
 if TYPE_CHECKING:
-    import httpx
     from azure.core.credentials_async import AsyncTokenCredential
 
 KIND = "azure-devops"
 RESOURCE = "azure-devops-connection"
 AUTHORIZE_PATH = "/api/v1/app-connections/azure-devops/oauth/authorize"
-# Azure DevOps as an Entra resource (its well-known application id).
-DEVOPS_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
-DEVOPS_SCOPE = f"{DEVOPS_RESOURCE}/.default"
-API_VERSION = "7.1"
-TOKEN_RETRIES = 3
-CONTINUATION = re.compile(r"^[A-Za-z0-9+/=_.~-]{1,512}$")
 Method = Literal["oauth", "access-token", "client-secret"]
 
 __all__ = ["ConnectionChanges", "DevOpsConnection", "Project", "ProjectPage"]
@@ -68,20 +70,6 @@ class DevOpsConnection(ApiModel):
     created_by: str = ""
 
 
-class Project(ApiModel):
-    id: str
-    name: str
-    description: str | None = None
-    state: str | None = None
-    visibility: str | None = None
-    last_update_time: str | None = None
-
-
-class ProjectPage(ApiModel):
-    items: list[Project]
-    continuation_token: str | None = None
-
-
 def to_connection(record: ConnectionRecord) -> DevOpsConnection:
     return DevOpsConnection(
         id=record.id,
@@ -102,121 +90,6 @@ def to_connection(record: ConnectionRecord) -> DevOpsConnection:
 # ---------------------------------------------------------------------------------------------- REST
 
 
-def _credential_field(method: str) -> str:
-    return {"access-token": "accessToken", "client-secret": "clientId"}.get(method, "token")
-
-
-def devops_problem(response: httpx.Response, method: str, org: str) -> Problem:
-    """A DevOps answer other than a page of projects, as a problem naming the cause."""
-    status = response.status_code
-    content_type = response.headers.get("content-type", "")
-    field_prefix = "credentials." if method != "oauth" else ""
-    location = response.headers.get("location", "")
-    if status == 203 or 300 <= status < 400 or (status == 200 and "html" in content_type):
-        where = f" (redirected to {location.split('?')[0][:100]})" if location else ""
-        return rejected(
-            "devops-call",
-            Explanation(
-                _credential_field(method),
-                "Azure DevOps answered with its sign-in page: the token is invalid, revoked or not for "
-                f"organization {org}{where}",
-            ),
-            azure_code="SignInRedirect",
-            azure_status=status,
-            field_prefix=field_prefix,
-        )
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    message = str(body.get("message", "")) if isinstance(body, dict) else ""
-    type_key = str(body.get("typeKey", "")) if isinstance(body, dict) else ""
-    tf_code = re.search(r"TF\d+", message)
-    azure_code = tf_code.group(0) if tf_code else (type_key or None)
-    transient = transient_problem("devops-call", status, azure_code, retry_after_seconds(response.headers))
-    if transient is not None:
-        return transient
-    lowered = message.lower()
-    if status == 404:
-        explanation = Explanation("orgName", f"organization not found: {org} does not exist in Azure DevOps")
-    elif status == 403 or (status == 401 and "scope" in lowered):
-        explanation = Explanation(
-            _credential_field(method), f"the token is missing a required scope; grant {DEVOPS_SCOPES}"
-        )
-    elif status == 401 and "expired" in lowered:
-        explanation = Explanation(
-            _credential_field(method), "token invalid or expired: the token has expired"
-        )
-    elif status == 401 and method == "client-secret":
-        explanation = Explanation(
-            "clientId",
-            f"token invalid or expired, or the app is not a member of organization {org} "
-            "(add its service principal to the organization)",
-        )
-    elif status == 401:
-        explanation = Explanation(_credential_field(method), "token invalid or expired")
-    else:
-        explanation = Explanation("orgName", "Azure DevOps refused the request; see azureCode")
-    return rejected(
-        "devops-call",
-        explanation,
-        azure_code=azure_code,
-        azure_status=status,
-        azure_message=message[:300],
-        field_prefix=field_prefix,
-    )
-
-
-async def _projects(
-    org: str, authorization: str, method: str, *, top: int, continuation: str | None
-) -> ProjectPage:
-    """One page of the organization's projects."""
-    client = await http_client()
-    url = f"{get_settings().azure_devops_endpoint}/{org}/_apis/projects"
-    params: dict[str, str] = {"api-version": API_VERSION, "$top": str(top)}
-    if continuation:
-        params["continuationToken"] = continuation
-    headers = {"Authorization": authorization, "Accept": "application/json"}
-
-    async def send() -> httpx.Response:
-        return await client.get(url, params=params, headers=headers)
-
-    response = await within_deadline(send_with_retries(send, step="devops-call"), "devops-call")
-    if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
-        raise devops_problem(response, method, org)
-    body = response.json()
-    items = [
-        Project(
-            id=str(p.get("id", "")),
-            name=str(p.get("name", "")),
-            description=p.get("description"),
-            state=p.get("state"),
-            visibility=p.get("visibility"),
-            last_update_time=p.get("lastUpdateTime"),
-        )
-        for p in body.get("value", [])
-        if isinstance(p, dict)
-    ]
-    token = response.headers.get("x-ms-continuationtoken")
-    return ProjectPage(items=items, continuation_token=token if token and CONTINUATION.match(token) else None)
-
-
-def _basic(pat: str) -> str:
-    return "Basic " + base64.b64encode(f":{pat}".encode()).decode()
-
-
-async def _bearer(credential: AsyncTokenCredential, redact: list[str]) -> str:
-    try:
-        token = await within_deadline(
-            credential.get_token(DEVOPS_SCOPE, retry_total=TOKEN_RETRIES), "token-acquisition"
-        )
-    except Problem:
-        raise
-    except Exception as error:
-        raise credential_problem(error, redact=redact) from None
-    return f"Bearer {token.token}"
-
-
 # ---------------------------------------------------------------------------------------------- credentials
 
 
@@ -229,17 +102,23 @@ def _material(method: str, credentials: Any) -> Material:
     return {"clientSecret": secret}, {}, [secret]
 
 
-async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> None:
+async def _validate(
+    record: ConnectionRecord,
+    secrets: dict[str, str],
+    redact: list[str],
+    *,
+    check_app: Callable[[Any], None] | None = None,
+) -> None:
     org = record.org_name or ""
     if record.method == "access-token":
-        await _projects(org, _basic(secrets["accessToken"]), record.method, top=1, continuation=None)
+        await projects(org, basic(secrets["accessToken"]), record.method, top=1, continuation=None)
         return
     credential = client_secret_credential(
         record.tenant_id or "", record.client_id or "", secrets["clientSecret"]
     )
     try:
-        authorization = await _bearer(credential, redact)
-        await _projects(org, authorization, record.method, top=1, continuation=None)
+        authorization = await bearer(credential, redact)
+        await projects(org, authorization, record.method, top=1, continuation=None)
     finally:
         await credential.close()
 
@@ -254,80 +133,42 @@ async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:
     return current
 
 
-class _Authorizer:
-    """The Authorization header of one connection (refreshed as its credential requires)."""
-
-    def __init__(self, record: ConnectionRecord) -> None:
-        self._record = record
-        self._credential: Any = None
-        self._basic: str | None = None
-
-    async def header(self) -> str:
-        record = self._record
-        if record.method == "access-token":
-            if self._basic is None:
-                self._basic = _basic(await store.read_secret(record, "accessToken"))
-            return self._basic
-        if self._credential is None:
-            if record.method == "oauth":
-                self._credential = oauth.RefreshTokenCredential(
-                    oauth.kind_of(KIND), record.tenant_id or "", record.secret_refs["refreshToken"]
-                )
-            else:
-                secret = await store.read_secret(record, "clientSecret")
-                self._credential = client_secret_credential(
-                    record.tenant_id or "", record.client_id or "", secret
-                )
-        return await _bearer(self._credential, [])
-
-    async def close(self) -> None:
-        if self._credential is not None:
-            await self._credential.close()
+async def _authorization(record: ConnectionRecord) -> str:
+    """The Authorization header of a stored connection (bearer tokens from the one credential cache)."""
+    if record.method == "access-token":
+        return basic(await store.read_secret(record, "accessToken"))
+    material, build = await _material_of(record)
+    access = await azure_credentials.for_credential(
+        record.tenant_id or "", record.client_id or "", material, build
+    )
+    return await bearer(access.credential, [])
 
 
-_authorizers: CredentialCache[_Authorizer] = CredentialCache()
+async def _material_of(record: ConnectionRecord) -> tuple[str, Callable[[], AsyncTokenCredential]]:
+    tenant, client = record.tenant_id or "", record.client_id or ""
+    if record.method == "oauth":
+        ref = record.secret_refs["refreshToken"]
+        return ref, lambda: oauth_credentials.RefreshTokenCredential(oauth.kind_of(KIND), tenant, ref)
+    secret = await store.read_secret(record, "clientSecret")
+    return secret, lambda: client_secret_credential(tenant, client, secret)
 
 
-async def invalidate_client(connection_id: str) -> None:
-    await _authorizers.invalidate(connection_id)
+async def invalidate_client(record: ConnectionRecord) -> None:
+    """Close the cached credential of this record (it is being replaced or removed)."""
+    if record.method == "access-token":
+        return
+    try:
+        material, _ = await _material_of(record)
+    except Problem:
+        return
+    await azure_credentials.drop(record.tenant_id or "", record.client_id or "", material)
 
 
 # ---------------------------------------------------------------------------------------------- service
 
 
-async def get_connection(connection_id: str) -> DevOpsConnection:
-    return to_connection(await store.get_record(KIND, connection_id))
-
-
-async def get_connection_with_etag(connection_id: str) -> tuple[DevOpsConnection, str | None]:
-    record = await store.get_record(KIND, connection_id)
-    return to_connection(record), record.etag
-
-
-async def list_connections() -> list[DevOpsConnection]:
-    return [to_connection(r) for r in await store.list_records(KIND)]
-
-
-async def create_connection(
-    name: str,
-    description: str | None,
-    credentials: DevOpsAccessTokenCredentials | DevOpsClientSecretCredentials,
-    caller: Caller,
-) -> DevOpsConnection:
-    method = "access-token" if isinstance(credentials, DevOpsAccessTokenCredentials) else "client-secret"
-    return to_connection(await lifecycle.create(SPEC, name, description, method, credentials, caller))
-
-
-async def update_connection(
-    connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None = None
-) -> tuple[DevOpsConnection, str | None]:
-    """Apply a PATCH (new credentials validated first); the connection and its new ETag."""
-    record = await lifecycle.update(SPEC, connection_id, changes, caller, if_match=if_match)
-    return to_connection(record), record.etag
-
-
-async def delete_connection(connection_id: str, caller: Caller, *, if_match: str | None = None) -> None:
-    await lifecycle.delete(SPEC, connection_id, caller, if_match=if_match)
+def method_of(credentials: DevOpsAccessTokenCredentials | DevOpsClientSecretCredentials) -> str:
+    return "access-token" if isinstance(credentials, DevOpsAccessTokenCredentials) else "client-secret"
 
 
 async def list_projects(
@@ -340,16 +181,10 @@ async def list_projects(
             [FieldError("continuationToken", "use the continuationToken of the previous page")],
         )
     record = await store.get_record(KIND, connection_id)
-
-    async def build() -> tuple[_Authorizer, store.Closer]:
-        authorizer = _Authorizer(record)
-        return authorizer, authorizer.close
-
-    authorizer = await _authorizers.get(record, build)
     try:
-        return await _projects(
+        return await projects(
             record.org_name or "",
-            await authorizer.header(),
+            await _authorization(record),
             record.method,
             top=top,
             continuation=continuation,
@@ -367,12 +202,13 @@ async def list_projects(
 # ---------------------------------------------------------------------------------------------- OAuth
 
 
-async def start_oauth(
-    name: str, tenant_id: str, org_name: str, description: str | None, caller: Caller
-) -> str:
-    await store.ensure_name_free(KIND, name)
+async def start_oauth(body: AuthorizeDevOpsBody, caller: Caller) -> str:
+    await store.ensure_name_free(KIND, body.name)
     return await oauth.start_authorization(
-        KIND, tenant_id, {"name": name, "description": description, "orgName": org_name}, caller
+        KIND,
+        body.tenant_id,
+        {"name": body.name, "description": body.description, "orgName": body.org_name},
+        caller,
     )
 
 
@@ -380,7 +216,7 @@ async def _complete_oauth(pending: oauth.PendingAuthorization, tokens: oauth.Tok
     """The callback's last step for this kind: list projects with the delegated token, then create."""
     tenant, org = str(pending.params["tenantId"]), str(pending.params["orgName"])
     token_tenant = oauth.check_grant(tokens, tenant)
-    await _projects(org, f"Bearer {tokens.access_token}", "oauth", top=1, continuation=None)
+    await projects(org, f"Bearer {tokens.access_token}", "oauth", top=1, continuation=None)
     user = str(tokens.claims.get("preferred_username") or tokens.claims.get("upn") or "")
     created = await lifecycle.insert_oauth(SPEC, pending, tokens, token_tenant or tenant, user, org_name=org)
     return to_connection(created)
@@ -408,4 +244,35 @@ oauth.register(
         scope=lambda: DEVOPS_SCOPE,
         complete=_complete_oauth,
     )
+)
+
+
+def _project_routes(router: APIRouter) -> None:
+    @router.get(
+        "/{connection_id}/projects",
+        response_model=ProjectPage,
+        summary="The organization's projects, a page at a time (pass continuationToken for the next page)",
+    )
+    async def list_projects_route(
+        connection_id: ConnectionId,
+        caller: Reader,
+        top: Annotated[int, Query(ge=1, le=500, description="page size")] = 100,
+        continuation_token: Annotated[str | None, Query(alias="continuationToken", max_length=512)] = None,
+    ) -> ProjectPage:
+        return await list_projects(connection_id, top=top, continuation=continuation_token)
+
+
+API = KindApi(
+    spec=SPEC,
+    prefix="/api/v1/app-connections/azure-devops",
+    methods=("access-token", "client-secret"),
+    create_models=(CreateDevOpsAccessTokenConnection, CreateDevOpsClientSecretConnection),
+    update_model=UpdateConnectionBody,
+    authorize_model=AuthorizeDevOpsBody,
+    view_model=DevOpsConnection,
+    to_view=to_connection,
+    method_of=method_of,
+    start_oauth=start_oauth,
+    create_summary="Create an access-token or client-secret connection (validated by listing projects)",
+    extra_routes=_project_routes,
 )

@@ -3,80 +3,55 @@
 A kind describes itself with a `KindSpec` (its credential models, how to turn credentials into
 secret material, how to prove them against Azure); this module does the rest in one order:
 
-create:  claim the name (insert) -> validate against Azure -> store secrets -> insert the row.
-update:  read the row (ETag) -> validate new credentials -> claim a new name -> store secrets
-         under a new revision -> replace the row with its ETag (a lost race is a 409 and undoes
-         our writes) -> drop the old secrets and name, invalidate cached clients.
-delete:  delete the row (ETag) -> drop secrets and name, invalidate cached clients.
+create:  claim the name (insert) -> validate against Azure -> store secrets -> insert the row
+         -> the kind's hooks (`created`; a refusal rolls the create back).
+update:  read the row (ETag) -> If-Match and the hooks' preconditions (`prepare_update`) ->
+         validate new credentials -> claim a new name -> store secrets under a new revision ->
+         replace the row with its ETag (a lost race is a 409 and undoes our writes) -> drop the
+         old secrets and name, invalidate cached clients -> the hooks (`updated`).
+delete:  read the row -> If-Match (412 before anything) -> the hooks (`deleting`) -> delete the
+         row (ETag) -> drop secrets and name, invalidate cached clients.
 
-Every step that fails undoes what this request wrote; every outcome is audited.
+Every precondition is checked before any side effect; every step that fails undoes what this
+request wrote; every outcome is audited. Hooks (rotation) come from core.connection_seam.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from connections import oauth, store
+from connections.kinds import ConnectionChanges, KindSpec, Material, check_etag, merged_credentials
 from connections.store import ConnectionRecord
-from core import audit, clock
+from core import audit, clock, records, tables
 from core.auth import Caller
-from core.errors import FieldError, PreconditionFailed, Problem, Unprocessable
-
-# (secret values to store, row metadata, values to redact from Azure's messages)
-Material = tuple[dict[str, str], dict[str, str], list[str]]
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """What differs between connection kinds."""
-
-    kind: str
-    resource: str  # audit resource type
-    credential_models: Mapping[str, type[BaseModel]]  # method -> credentials model (methods set by PATCH)
-    material: Callable[[str, Any], Material]  # (method, credentials) -> material
-    validate: Callable[[ConnectionRecord, dict[str, str], list[str]], Awaitable[None]]
-    current_credentials: Callable[[ConnectionRecord], Awaitable[dict[str, Any]]]  # for PATCH merges
-    invalidate: Callable[[str], Awaitable[None]]
-    reauthorize_hint: str  # how an OAuth connection gets new credentials
-    paired_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # method -> change together
-
-
-class ConnectionChanges(BaseModel):
-    """A PATCH, shape-checked by the route: only what is set changes."""
-
-    name: str | None = None
-    description: str | None = None
-    description_set: bool = False
-    credentials: dict[str, Any] | None = None
-
-
-def field_errors(error: ValidationError, prefix: str) -> Unprocessable:
-    """A pydantic error of a nested body part as a 422 with camelCase field paths."""
-    errors = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item.get("loc", ()))
-        kind = item.get("type")
-        if kind == "missing":
-            message = "is required"
-        elif kind == "extra_forbidden":
-            message = "is not a known field for this method; remove it"
-        else:
-            message = str(item.get("msg", "is invalid")).removeprefix("Value error, ")
-        errors.append(FieldError(f"{prefix}{loc}".rstrip("."), message))
-    return Unprocessable("The request has invalid fields; see errors.", errors)
+from core.connection_seam import ConnectionFacts, RevisionMoved, UpdatePlan, hooks_for
+from core.errors import FieldError, Problem, Unavailable, Unprocessable
 
 
 def _with_identity(record: ConnectionRecord, credentials: Any) -> ConnectionRecord:
     """The record with the credentials' non-secret identifiers (tenant, client id, organization)."""
-    return replace(
-        record,
-        tenant_id=getattr(credentials, "tenant_id", None),
-        client_id=getattr(credentials, "client_id", None),
-        org_name=getattr(credentials, "org_name", None),
+    return record.model_copy(
+        update={
+            "tenant_id": getattr(credentials, "tenant_id", None),
+            "client_id": getattr(credentials, "client_id", None),
+            "org_name": getattr(credentials, "org_name", None),
+        }
+    )
+
+
+def facts_of(spec: KindSpec, record: ConnectionRecord) -> ConnectionFacts:
+    return ConnectionFacts(
+        kind=record.kind,
+        id=record.id,
+        method=record.method,
+        tenant_id=record.tenant_id or "",
+        client_id=record.client_id or "",
+        credential_rev=record.credential_rev,
+        resource=spec.resource,
     )
 
 
@@ -90,20 +65,53 @@ async def _audit_failure(spec: KindSpec, caller: Caller, action: str, subject: s
 
 
 async def validated(
-    spec: KindSpec, caller: Caller, subject: str, record: ConnectionRecord, material: Material
+    spec: KindSpec,
+    caller: Caller,
+    subject: str,
+    record: ConnectionRecord,
+    material: Material,
+    *,
+    check_app: Callable[[Any], None] | None = None,
 ) -> None:
     """Prove the credentials against Azure; a refusal is audited (connection.validate) and raised."""
     try:
-        await spec.validate(record, material[0], material[2])
+        await spec.validate(record, material[0], material[2], check_app=check_app)
     except Problem as problem:
         await _audit_failure(spec, caller, "connection.validate", subject, problem)
         raise
 
 
 async def create(
+    spec: KindSpec,
+    name: str,
+    description: str | None,
+    method: str,
+    credentials: Any,
+    caller: Caller,
+    extension: BaseModel | None = None,
+) -> tuple[ConnectionRecord, BaseModel | None]:
+    """Validate and store a new connection of `spec.kind`, then run its hooks (the view they show).
+
+    A hook that refuses (e.g. rotation settings that do not fit the app) rolls the create back.
+    """
+    record = await _create_row(spec, name, description, method, credentials, caller)
+    hooks = hooks_for(spec.kind)
+    if hooks is None or method not in hooks.methods:
+        return record, None
+    try:
+        shown = await hooks.created(facts_of(spec, record), extension, caller)
+    except Problem as problem:
+        await rollback_create(spec, record.id, caller, f"{hooks.field} refused: {problem.detail}")
+        raise
+    except BaseException:
+        await rollback_create(spec, record.id, caller, f"{hooks.field} failed")
+        raise
+    return record, shown
+
+
+async def _create_row(
     spec: KindSpec, name: str, description: str | None, method: str, credentials: Any, caller: Caller
 ) -> ConnectionRecord:
-    """Validate and store a new connection of `spec.kind`."""
     material = spec.material(method, credentials)
     now = clock.isoformat(clock.now())
     record = _with_identity(
@@ -139,7 +147,7 @@ async def insert(
     refs: dict[str, str] = {}
     try:
         refs = await store.put_secrets(spec.kind, record.id, record.credential_rev, secrets)
-        record = await store.insert_record(replace(record, secret_refs=refs))
+        record = await records.insert(record.model_copy(update={"secret_refs": refs}))
     except BaseException:
         await store.delete_secrets(refs)
         await store.release_name(spec.kind, record.name, record.id)
@@ -185,55 +193,69 @@ async def insert_oauth(
     return await insert(spec, record, {"refreshToken": tokens.refresh_token}, pending.caller, claimed=False)
 
 
-def _check_etag(record: ConnectionRecord, if_match: str | None) -> None:
-    if if_match is not None and if_match.strip() not in {record.etag, "*"}:
-        raise PreconditionFailed(
-            "the connection changed since you read it (If-Match does not match its ETag); GET it and retry",
-            code="etag-mismatch",
-        )
-
-
-async def _merged_credentials(spec: KindSpec, record: ConnectionRecord, given: dict[str, Any]) -> Any:
-    """PATCH credentials over the current ones: send only what changes (secrets are kept if absent)."""
-    model = spec.credential_models.get(record.method)
-    if model is None:
-        raise Unprocessable(
-            f"{record.method} connections cannot take new credentials by PATCH: {spec.reauthorize_hint}",
-            [FieldError("credentials", f"cannot be changed for method {record.method}")],
-        )
-    pair = spec.paired_fields.get(record.method, ())
-    present = [name for name in pair if name in given]
-    if present and len(present) != len(pair):
-        missing = next(name for name in pair if name not in given)
-        raise Unprocessable(
-            f"{' and '.join(pair)} change together",
-            [FieldError(f"credentials.{missing}", "is required when the other half changes")],
-        )
-    merged = {**await spec.current_credentials(record), **given}
-    try:
-        return model.model_validate(merged)
-    except ValidationError as error:
-        raise field_errors(error, "credentials.") from None
-
-
 async def update(
-    spec: KindSpec, connection_id: str, changes: ConnectionChanges, caller: Caller, *, if_match: str | None
-) -> ConnectionRecord:
-    """Apply a PATCH; of two concurrent PATCHes one wins and the other gets a 409."""
+    spec: KindSpec,
+    connection_id: str,
+    changes: ConnectionChanges,
+    caller: Caller,
+    *,
+    if_match: str | None,
+    extension: BaseModel | None = None,
+) -> tuple[ConnectionRecord, BaseModel | None]:
+    """Apply a PATCH; of two concurrent PATCHes one wins and the other gets a 409.
+
+    Returns the record (with its new ETag) and the hooks' view. Preconditions (If-Match, the
+    hooks' `prepare_update`, the credentials' shape) are checked before anything is written.
+    """
     record = await store.get_record(spec.kind, connection_id)
-    _check_etag(record, if_match)
-    updated = replace(record, updated_at=clock.isoformat(clock.now()))
+    check_etag(record, if_match)
+    hooks = hooks_for(spec.kind)
+    if hooks is not None and extension is not None and record.method not in hooks.methods:
+        raise Unprocessable(
+            f"{hooks.field} is not available for method {record.method}",
+            [FieldError(hooks.field, f"is only available for method {', '.join(sorted(hooks.methods))}")],
+        )
+    plan: UpdatePlan | None = None
+    if hooks is not None and record.method in hooks.methods:
+        plan = await hooks.prepare_update(facts_of(spec, record), extension, changes.credentials)
+    changed = changes.name is not None or changes.description_set or changes.credentials is not None
+    if changed or if_match is not None:
+        record = await _update_row(spec, record, changes, caller, plan)
+    if hooks is None or plan is None:
+        return record, None
+    try:
+        shown = await hooks.updated(facts_of(spec, record), extension, plan, caller)
+    except Problem as problem:
+        if changed:
+            problem.detail = (
+                f"The connection was updated, but its {hooks.field} settings were not: {problem.detail}"
+            )
+        raise
+    return record, shown
+
+
+async def _update_row(
+    spec: KindSpec,
+    record: ConnectionRecord,
+    changes: ConnectionChanges,
+    caller: Caller,
+    plan: UpdatePlan | None,
+) -> ConnectionRecord:
+    """Validate, store and write the changes (the row's ETag decides a race: 409, ours undone)."""
+    updated = record.model_copy(update={"updated_at": clock.isoformat(clock.now())})
     if changes.description_set:
         updated.description = changes.description
     renamed = changes.name is not None and changes.name != record.name
     material: Material | None = None
     if changes.credentials is not None:
-        credentials = await _merged_credentials(spec, record, changes.credentials)
+        credentials = await merged_credentials(spec, record, changes.credentials)
         material = spec.material(record.method, credentials)
         updated = _with_identity(
-            replace(updated, meta=material[1], credential_rev=store.new_rev()), credentials
+            updated.model_copy(update={"meta": material[1], "credential_rev": store.new_rev()}), credentials
         )
-        await validated(spec, caller, record.id, updated, material)
+        await validated(
+            spec, caller, record.id, updated, material, check_app=plan.check_app if plan else None
+        )
     if renamed:
         assert changes.name is not None
         await store.claim_name(spec.kind, changes.name, record.id)
@@ -243,7 +265,7 @@ async def update(
         if material is not None:
             new_refs = await store.put_secrets(spec.kind, record.id, updated.credential_rev, material[0])
             updated.secret_refs = new_refs
-        updated = await store.replace_record(updated)
+        updated = await records.replace(updated)
     except BaseException:
         await store.delete_secrets(new_refs)
         if renamed:
@@ -252,8 +274,8 @@ async def update(
     if renamed:
         await store.release_name(spec.kind, record.name, record.id)
     if material is not None:
+        await spec.invalidate(record)
         await store.delete_secrets(record.secret_refs)
-        await spec.invalidate(record.id)
     changed = [
         label
         for label, flag in (
@@ -273,12 +295,48 @@ async def update(
     return updated
 
 
+async def switch_secret(
+    spec: KindSpec, connection_id: str, purpose: str, secret: str, *, from_rev: str
+) -> str:
+    """Make `secret` the connection's `purpose` secret if it is still at `from_rev` (the one writer
+    rule): the secret goes under a new revision, the row flips to it with its ETag, then the old
+    name is deleted and cached clients dropped. `RevisionMoved` if the credentials changed; a
+    change of anything else (a rename) is re-read and tried again. The new revision."""
+    for _ in range(5):
+        record = await store.get_record(spec.kind, connection_id)
+        if record.credential_rev != from_rev:
+            if await store.read_secret(record, purpose) == secret:
+                return record.credential_rev  # this switch happened already (a resumed step)
+            raise RevisionMoved(f"connection {connection_id} is at another credential revision")
+        rev = store.new_rev()
+        refs = await store.put_secrets(spec.kind, record.id, rev, {purpose: secret})
+        updated = record.model_copy(
+            update={"credential_rev": rev, "secret_refs": refs, "updated_at": clock.isoformat(clock.now())}
+        )
+        try:
+            await records.replace(updated)
+        except tables.ConcurrencyConflict:
+            await store.delete_secrets(refs)
+            continue
+        except BaseException:
+            await store.delete_secrets(refs)
+            raise
+        await spec.invalidate(record)
+        await store.delete_secrets(record.secret_refs)
+        return rev
+    raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
+
+
 async def delete(
     spec: KindSpec, connection_id: str, caller: Caller, *, if_match: str | None
 ) -> ConnectionRecord:
-    """Forget a connection and its secret material (credentials in Azure are left as they are)."""
+    """Forget a connection and its secret material; its hooks first (rotation removes the
+    broker-made secrets from the app). A stale If-Match is a 412 before anything happens."""
     record = await store.get_record(spec.kind, connection_id)
-    _check_etag(record, if_match)
+    check_etag(record, if_match)
+    hooks = hooks_for(spec.kind)
+    if hooks is not None and record.method in hooks.methods:
+        await hooks.deleting(facts_of(spec, record), caller)
     await _remove(spec, record)
     await audit.record(caller, "connection.delete", spec.resource, record.id, detail=f"name={record.name}")
     return record
@@ -290,7 +348,7 @@ async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, re
         record = await store.get_record(spec.kind, connection_id)
     except Problem:
         return
-    await _remove(spec, replace(record, etag=None))
+    await _remove(spec, record.model_copy(update={"etag": None}))
     await audit.record(
         caller, "connection.create", spec.resource, record.id, "failure", detail=f"rolled back: {reason}"
     )
@@ -298,7 +356,15 @@ async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, re
 
 async def _remove(spec: KindSpec, record: ConnectionRecord) -> None:
     """Delete the row (with its ETag, if it carries one), then its secrets, name and cached clients."""
-    await store.delete_record(record)
+    await records.delete(record, conditional=record.etag is not None)
+    await spec.invalidate(record)
     await store.delete_secrets(record.secret_refs)
     await store.release_name(spec.kind, record.name, record.id)
-    await spec.invalidate(record.id)
+
+
+async def view_extension(spec: KindSpec, record: ConnectionRecord) -> BaseModel | None:
+    """The hooks' block of a connection as reads show it (None if the kind has none)."""
+    hooks = hooks_for(spec.kind)
+    if hooks is None or record.method not in hooks.methods:
+        return None
+    return await hooks.describe(record.id)

@@ -2,18 +2,16 @@
 
 Create bodies are unions discriminated by `method`, so the OpenAPI page shows each method's
 credentials; PATCH bodies take `credentials` as an object checked against the connection's own
-method (partial: send only what changes). Only routes import this module: it depends on
-rotation.service, which itself depends on connections.client_secrets.
+method (partial: send only what changes). A kind's hooks (rotation) add their block to these
+bodies and to the views when connections.routes builds the routes.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from connections.client_secrets import ClientSecretConnection
-from connections.devops import DevOpsConnection
 from connections.fields import (
     CertificateCredentials,
     ClientSecretCredentials,
@@ -26,7 +24,6 @@ from connections.fields import (
     TenantId,
 )
 from core.models import ApiModel, RequestModel
-from rotation.service import RotationSettings, RotationView
 
 PATCH_CREDENTIALS = (
     "New credentials, validated against Azure before they are saved. Send only what changes, in the "
@@ -44,7 +41,6 @@ class CreateClientSecretConnection(RequestModel):
     description: Description = None
     method: Literal["client-secret"]
     credentials: ClientSecretCredentials
-    rotation: RotationSettings | None = None
 
 
 class CreateCertificateConnection(RequestModel):
@@ -57,23 +53,12 @@ class CreateCertificateConnection(RequestModel):
     rotation: NoRotation = None
 
 
-CreateClientSecretsBody = Annotated[
-    CreateClientSecretConnection | CreateCertificateConnection, Field(discriminator="method")
-]
-
-
 class UpdateConnectionBody(RequestModel):
     """A PATCH: only the fields present change."""
 
     name: Name | None = None
     description: Description = None
     credentials: dict[str, Any] | None = Field(default=None, description=PATCH_CREDENTIALS)
-
-
-class UpdateClientSecretsBody(UpdateConnectionBody):
-    """A PATCH: only the fields present change."""
-
-    rotation: RotationSettings | None = None
 
 
 class AuthorizeClientSecretsBody(RequestModel):
@@ -90,14 +75,6 @@ class AuthorizationStarted(ApiModel):
     authorization_url: str
     expires_in: int
     redirect_uri: str
-
-
-class ClientSecretConnectionView(ClientSecretConnection):
-    rotation: RotationView | None = None
-
-
-class ClientSecretConnectionList(ApiModel):
-    items: list[ClientSecretConnectionView]
 
 
 # ---------------------------------------------------------------------------------------------- DevOps
@@ -121,15 +98,6 @@ class CreateDevOpsClientSecretConnection(RequestModel):
     credentials: DevOpsClientSecretCredentials
 
 
-CreateDevOpsBody = Annotated[
-    CreateDevOpsAccessTokenConnection | CreateDevOpsClientSecretConnection, Field(discriminator="method")
-]
-
-
-class UpdateDevOpsBody(UpdateConnectionBody):
-    """A PATCH: only the fields present change."""
-
-
 class AuthorizeDevOpsBody(RequestModel):
     """Start an OAuth (delegated) DevOps connection: the user signs in to this tenant."""
 
@@ -137,7 +105,3 @@ class AuthorizeDevOpsBody(RequestModel):
     tenant_id: TenantId
     org_name: OrgName
     description: Description = None
-
-
-class DevOpsConnectionList(ApiModel):
-    items: list[DevOpsConnection]

@@ -16,41 +16,31 @@ refresh token and stores the new one whenever Entra rotates it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from connections.azure_errors import (
-    RETRY_STATUSES_NOT_IDEMPOTENT,
-    aadsts_code,
-    entra_problem,
-    send_with_retries,
-    within_deadline,
-)
+from connections import oauth_state
+from connections.azure_errors import RETRY_STATUSES_NOT_IDEMPOTENT, send_with_retries, within_deadline
 from connections.fields import GUID
-from core import audit, clock, tables
+from connections.oauth_state import STATE_TTL as STATE_TTL
+from connections.oauth_state import PendingAuthorization as PendingAuthorization
+from core import audit
 from core.auth import Caller
-from core.errors import BadRequest, Conflict, FieldError, Problem, Unprocessable
+from core.azure_problems import aadsts_code, entra_problem
+from core.errors import BadRequest, FieldError, Problem, Unprocessable
 from core.retry_after import retry_after_seconds
-from core.secret_store import SecretMissing, secret_name, secret_store
+from core.secret_store import SecretMissing, secret_store
 from core.settings import get_settings
 
 if TYPE_CHECKING:
-    from azure.core.credentials import AccessToken
+    pass
 
-STATES_TABLE = "OAuthStates"
-STATES_PK = "state"
-STATE_TTL = timedelta(minutes=10)
-# Consumed and expired states are kept this long (replays are reported as such), then purged.
-STATE_RETENTION = timedelta(hours=1)
 CALLBACK_PATH = "/organization/app-connections/azure/oauth/callback"
 # Refresh a delegated access token this long before it expires.
 REFRESH_MARGIN_SECONDS = 300
@@ -73,16 +63,6 @@ class TokenSet:
     expires_on: int
     scope: str
     claims: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PendingAuthorization:
-    """A pending authorize request, as recorded when it started."""
-
-    kind: str
-    params: dict[str, Any]
-    caller: Caller
-    redirect_uri: str
 
 
 @dataclass(frozen=True)
@@ -155,10 +135,6 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, _b64url(hashlib.sha256(verifier.encode()).digest())
 
 
-def _state_key(state: str) -> str:
-    return hashlib.sha256(state.encode()).hexdigest()
-
-
 def _full_scope(kind: OAuthKind) -> str:
     return f"{kind.scope()} offline_access openid profile"
 
@@ -169,27 +145,8 @@ async def start_authorization(kind_name: str, tenant: str, params: dict[str, Any
     app = operator_app(kind)
     state = secrets.token_urlsafe(32)
     verifier, challenge = pkce_pair()
-    key = _state_key(state)
-    verifier_ref = secret_name("oauth", key[:32], "pkce")
-    now = clock.now()
-    await secret_store().set(verifier_ref, verifier)
-    await tables.insert(
-        STATES_TABLE,
-        STATES_PK,
-        key,
-        {
-            "kind": kind.kind,
-            "tenantId": tenant,
-            "params": json.dumps(params, sort_keys=True),
-            "callerId": caller.id,
-            "callerName": caller.name,
-            "redirectUri": redirect_uri(),
-            "createdAt": clock.isoformat(now),
-            "expiresAt": clock.isoformat(now + STATE_TTL),
-            "verifierRef": verifier_ref,
-        },
-    )
-    asyncio.ensure_future(_purge_old_states())  # noqa: RUF006 - housekeeping, best effort
+    pending = PendingAuthorization(kind=kind.kind, params=params, caller=caller, redirect_uri=redirect_uri())
+    await oauth_state.record(state, tenant, pending, verifier)
     query = {
         "client_id": app.client_id,
         "response_type": "code",
@@ -204,90 +161,11 @@ async def start_authorization(kind_name: str, tenant: str, params: dict[str, Any
     return f"{_authority(tenant)}/authorize?{urlencode(query)}"
 
 
-async def _purge_old_states(limit: int = 50) -> None:
-    """Delete states (and any verifier left) that expired over STATE_RETENTION ago."""
-    try:
-        cutoff = clock.isoformat(clock.now() - STATE_RETENTION)
-        rows = [
-            row
-            async for row in tables.query(
-                STATES_TABLE,
-                "PartitionKey eq @pk and expiresAt lt @cutoff",
-                {"pk": STATES_PK, "cutoff": cutoff},
-                limit=limit,
-            )
-        ]
-        for row in rows:
-            if not row.data.get("consumedAt") and row.data.get("verifierRef"):
-                await secret_store().delete(str(row.data["verifierRef"]))
-            await tables.delete(STATES_TABLE, row.pk, row.rk, etag=row.etag)
-    except Exception:  # noqa: S110 - the next authorize purges again
-        pass
-
-
-def _state_problem(message: str, code: str, status: int = 400) -> Problem:
-    problem: Problem = Conflict(message, code=code) if status == 409 else BadRequest(message, code=code)
-    problem.errors = [FieldError("state", message)]
-    return problem
-
-
-async def _claim_state(state: str) -> tuple[tables.Row, PendingAuthorization]:
-    """Consume the state: unknown, expired and replayed states are refused, each by name."""
-    if not state or len(state) > 512:
-        raise _state_problem(
-            "the callback has no valid state parameter; start again with .../oauth/authorize",
-            "oauth-state-unknown",
-        )
-    row = await tables.get(STATES_TABLE, STATES_PK, _state_key(state))
-    if row is None:
-        raise _state_problem(
-            "unknown state: the broker did not issue it (or it was purged); "
-            "start again with .../oauth/authorize",
-            "oauth-state-unknown",
-        )
-    if row.data.get("consumedAt"):
-        raise _state_problem(
-            "this authorization was already used (state replayed); start again with .../oauth/authorize",
-            "oauth-state-used",
-            409,
-        )
-    data = dict(row.data)
-    data["consumedAt"] = clock.isoformat(clock.now())
-    try:
-        claimed = await tables.replace(row, data)
-    except tables.ConcurrencyConflict:
-        raise _state_problem(
-            "this authorization is being completed by another request (state replayed)",
-            "oauth-state-used",
-            409,
-        ) from None
-    pending = PendingAuthorization(
-        kind=str(data["kind"]),
-        params={**json.loads(str(data.get("params") or "{}")), "tenantId": data.get("tenantId")},
-        caller=Caller(id=str(data.get("callerId", "")), name=str(data.get("callerName", ""))),
-        redirect_uri=str(data.get("redirectUri", "")),
-    )
-    if str(data.get("expiresAt", "")) < data["consumedAt"]:
-        await _drop_verifier(claimed)
-        raise _state_problem(
-            f"the authorization expired: finish sign-in within {int(STATE_TTL.total_seconds() // 60)} "
-            "minutes; start again with .../oauth/authorize",
-            "oauth-state-expired",
-        )
-    return claimed, pending
-
-
-async def _drop_verifier(row: tables.Row) -> None:
-    ref = row.data.get("verifierRef")
-    if ref:
-        await secret_store().delete(str(ref))
-
-
 async def complete_authorization(
     state: str, code: str | None, error: str | None, error_description: str | None
 ) -> Completed:
     """The callback's work: claim the state, exchange the code, let the kind create its connection."""
-    row, pending = await _claim_state(state)
+    row, pending = await oauth_state.claim(state)
     kind = _KINDS[pending.kind]
     resource = f"{pending.kind}-connection"
     subject = str(pending.params.get("name", ""))
@@ -301,9 +179,9 @@ async def complete_authorization(
                 code="oauth-no-code",
             )
         try:
-            verifier = await secret_store().get(str(row.data.get("verifierRef", "")))
+            verifier = await secret_store().get(row.verifier_ref)
         except SecretMissing:
-            raise _state_problem(
+            raise oauth_state.state_problem(
                 "the PKCE verifier of this authorization is gone; start again", "oauth-state-unknown"
             ) from None
         tokens = await exchange_code(
@@ -322,7 +200,7 @@ async def complete_authorization(
         )
         raise
     finally:
-        await _drop_verifier(row)
+        await oauth_state.drop_verifier(row)
     return Completed(pending.kind, connection)
 
 
@@ -349,12 +227,11 @@ def _callback_error(error: str, description: str | None) -> Problem:
 
 def _claims(token: str) -> dict[str, Any]:
     """The payload of a JWT we just received over TLS from the token endpoint (not a trust decision)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
+    import jwt
+
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
         return {}
     return payload if isinstance(payload, dict) else {}
 
@@ -465,57 +342,3 @@ def check_grant(tokens: TokenSet, tenant: str) -> str:
             extra={"step": "code-exchange"},
         )
     return token_tenant
-
-
-class _SessionlessCredential:
-    """The AsyncTokenCredential protocol's lifecycle for a credential that holds no HTTP session."""
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None
-
-
-class StaticTokenCredential(_SessionlessCredential):
-    """An AsyncTokenCredential over one access token (validating a fresh OAuth grant)."""
-
-    def __init__(self, token: str, expires_on: int) -> None:
-        self._token = token
-        self._expires_on = expires_on
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        from azure.core.credentials import AccessToken
-
-        return AccessToken(self._token, self._expires_on)
-
-
-class RefreshTokenCredential(_SessionlessCredential):
-    """An AsyncTokenCredential for a delegated connection: redeems its stored refresh token.
-
-    The access token is cached until shortly before it expires; when Entra returns a new
-    refresh token, it replaces the stored one (refresh tokens rotate).
-    """
-
-    def __init__(self, kind: OAuthKind, tenant: str, refresh_token_ref: str) -> None:
-        self._kind = kind
-        self._tenant = tenant
-        self._ref = refresh_token_ref
-        self._token: tuple[str, int] | None = None
-        self._lock = asyncio.Lock()  # one refresh at a time (Entra rotates the refresh token)
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        from azure.core.credentials import AccessToken
-
-        async with self._lock:
-            if self._token is None or self._token[1] - REFRESH_MARGIN_SECONDS < time.time():
-                store = secret_store()
-                current = await store.get(self._ref)
-                tokens = await refresh_tokens(self._kind, self._tenant, current)
-                if tokens.refresh_token and tokens.refresh_token != current:
-                    await store.set(self._ref, tokens.refresh_token)
-                self._token = (tokens.access_token, tokens.expires_on)
-            return AccessToken(*self._token)

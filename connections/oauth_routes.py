@@ -14,14 +14,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from connections import client_secrets, devops, oauth
-from connections.client_secrets_routes import view as client_secrets_view
+from connections import oauth, store
 from connections.oauth import CALLBACK_PATH
+from connections.routes import view_of
+from connections.store import KIND_LABEL
 from core.errors import Problem, problem_response
 
 router = APIRouter(tags=["oauth"])
-
-KIND_TITLES = {client_secrets.KIND: "Azure Client Secrets", devops.KIND: "Azure DevOps"}
 
 
 def _wants_html(request: Request) -> bool:
@@ -45,11 +44,9 @@ def _page(status: int, title: str, lines: list[str]) -> HTMLResponse:
 
 
 async def _connection_body(completed: oauth.Completed) -> dict[str, Any]:
-    if completed.kind == client_secrets.KIND:
-        shown = await client_secrets_view(completed.connection)
-        return shown.model_dump(mode="json", by_alias=True)
-    dumped: dict[str, Any] = completed.connection.model_dump(mode="json", by_alias=True)
-    return dumped
+    """The created connection as its kind's routes show it (with the hooks' block, if any)."""
+    record = await store.get_record(completed.kind, str(getattr(completed.connection, "id", "")))
+    return await view_of(completed.kind, record)
 
 
 @router.get(
@@ -80,7 +77,7 @@ async def oauth_callback(
         )
     body = await _connection_body(completed)
     if _wants_html(request):
-        title = KIND_TITLES.get(completed.kind, completed.kind)
+        title = KIND_LABEL.get(completed.kind, completed.kind)
         return _page(
             200,
             "Connection created",

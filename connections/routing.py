@@ -15,10 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from connections import oauth
-from connections.lifecycle import ConnectionChanges
+from connections.kinds import ConnectionChanges
 from connections.models import AuthorizationStarted, UpdateConnectionBody
+from core.deps import ID_PATTERN
 
-ConnectionId = Annotated[str, Path(min_length=1, max_length=64, description="The connection's id")]
+# A connection id is a UUID; anything Table Storage could not hold (core.deps) is a 422 naming it.
+ConnectionId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, description="The connection's id")
+]
 IfMatch = Annotated[str | None, Header(alias="If-Match", max_length=256, description="ETag from a GET")]
 
 TAGS = frozenset({"client-secret", "certificate", "oauth", "access-token"})

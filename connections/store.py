@@ -1,42 +1,36 @@
-"""Connection rows, their unique names, their secret references, and the per-connection credential cache.
+"""Connection rows, their unique names, and their secret references, as typed records.
 
 Tables (logical names; core.tables adds the deployment prefix):
 
-- `AppConnections`: PartitionKey = kind (`azure-client-secrets` | `azure-devops`), RowKey = connection id
-  (a UUID). Properties: name, description, method, tenantId, clientId, orgName, status, credentialRev,
-  secretRefs (JSON: purpose -> secret store name), createdAt, updatedAt, createdBy, and per-method
-  metadata (certificate thumbprint, subject, notAfter). Never a secret value.
-- `AppConnectionNames`: PartitionKey = kind, RowKey = name. Properties: connectionId, claimedAt. The
-  insert of this row is how a name is claimed (RowExists -> 409), so two creates cannot take one name.
+- `AppConnections` (`ConnectionRecord`): PartitionKey = kind (`azure-client-secrets` |
+  `azure-devops`), RowKey = connection id (a UUID). Plain metadata, the `credentialRev`, and
+  `secretRefs` (purpose -> secret store name). Never a secret value.
+- `AppConnectionNames` (`NameClaim`): PartitionKey = kind, RowKey = name. The insert of this row
+  is how a name is claimed (RowExists -> 409), so two creates cannot take one name.
 
 Secret material lives in the secret store under `secret_name(prefix, f"{id}-{rev}", purpose)`. The
 `credentialRev` changes on every credential change, so a new credential gets new names; the row
-flips to them with an ETag write, and cached credentials keyed by (id, rev) fall out of use on
-every instance at once.
+flips to them with an ETag write (the one writer rule: nothing overwrites a row it did not read),
+and cached credentials keyed by (id, rev) fall out of use on every instance at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, cast
+from typing import ClassVar
 
-from core import clock, tables
+from pydantic import Field
+
+from core import clock, records, tables
 from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable
-from core.loop_cache import PerLoop
 from core.secret_store import secret_name, secret_store
 
 log = logging.getLogger(__name__)
-
-TABLE = "AppConnections"
-NAMES_TABLE = "AppConnectionNames"
 
 # A name claim whose connection row never appeared (a create that crashed) is free again after this.
 STALE_CLAIM = timedelta(minutes=15)
@@ -44,71 +38,46 @@ STALE_CLAIM = timedelta(minutes=15)
 KIND_PREFIX = {"azure-client-secrets": "azcs", "azure-devops": "azdo"}
 KIND_LABEL = {"azure-client-secrets": "Azure Client Secrets", "azure-devops": "Azure DevOps"}
 
-T = TypeVar("T")
 
-
-@dataclass
-class ConnectionRecord:
+class ConnectionRecord(records.Record):
     """One connection row: plain metadata plus the names (never the values) of its secrets."""
+
+    TABLE: ClassVar[str] = "AppConnections"
+    PK_FIELD: ClassVar[str] = "kind"
+    RK_FIELD: ClassVar[str] = "id"
 
     kind: str
     id: str
-    name: str
-    method: str
+    name: str = ""
+    method: str = ""
     description: str | None = None
     tenant_id: str | None = None
     client_id: str | None = None
     org_name: str | None = None
     status: str = "active"
     credential_rev: str = ""
-    secret_refs: dict[str, str] = field(default_factory=dict)
-    meta: dict[str, str] = field(default_factory=dict)
+    secret_refs: dict[str, str] = Field(default_factory=dict)
+    meta: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
     updated_at: str = ""
     created_by: str = ""
-    etag: str | None = None
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "method": self.method,
-            "tenantId": self.tenant_id,
-            "clientId": self.client_id,
-            "orgName": self.org_name,
-            "status": self.status,
-            "credentialRev": self.credential_rev,
-            "secretRefs": json.dumps(self.secret_refs, sort_keys=True),
-            "meta": json.dumps(self.meta, sort_keys=True),
-            "createdAt": self.created_at,
-            "updatedAt": self.updated_at,
-            "createdBy": self.created_by,
-        }
 
-    @classmethod
-    def from_row(cls, row: tables.Row) -> ConnectionRecord:
-        data = row.data
-        return cls(
-            kind=row.pk,
-            id=row.rk,
-            name=str(data.get("name", "")),
-            method=str(data.get("method", "")),
-            description=data.get("description"),
-            tenant_id=data.get("tenantId"),
-            client_id=data.get("clientId"),
-            org_name=data.get("orgName"),
-            status=str(data.get("status", "active")),
-            credential_rev=str(data.get("credentialRev", "")),
-            secret_refs=json.loads(data.get("secretRefs") or "{}"),
-            meta=json.loads(data.get("meta") or "{}"),
-            created_at=str(data.get("createdAt", "")),
-            updated_at=str(data.get("updatedAt", "")),
-            created_by=str(data.get("createdBy", "")),
-            etag=row.etag,
-        )
+class NameClaim(records.Record):
+    """A connection name taken by one connection of a kind."""
 
-    def row(self) -> tables.Row:
-        return tables.Row(TABLE, self.kind, self.id, self.to_data(), self.etag)
+    TABLE: ClassVar[str] = "AppConnectionNames"
+    PK_FIELD: ClassVar[str] = "kind"
+    RK_FIELD: ClassVar[str] = "name"
+
+    kind: str
+    name: str
+    connection_id: str = ""
+    claimed_at: str = ""
+
+
+TABLE = ConnectionRecord.TABLE
+NAMES_TABLE = NameClaim.TABLE
 
 
 def new_id() -> str:
@@ -142,22 +111,23 @@ async def claim_name(kind: str, name: str, connection_id: str) -> None:
     """
     taken = _name_taken(kind, name)
     for _ in range(3):
-        claim = {"connectionId": connection_id, "claimedAt": clock.isoformat(clock.now())}
+        claim = NameClaim(
+            kind=kind, name=name, connection_id=connection_id, claimed_at=clock.isoformat(clock.now())
+        )
         try:
-            await tables.insert(NAMES_TABLE, kind, name, claim)
+            await records.insert(claim)
             return
         except tables.RowExists:
             pass
-        existing = await tables.get(NAMES_TABLE, kind, name)
+        existing = await records.get(NameClaim, kind, name)
         if existing is None:
             continue  # released between our insert and our read: try again
-        holder = str(existing.data.get("connectionId", ""))
-        if holder == connection_id:
+        if existing.connection_id == connection_id:
             return
-        if await _held(kind, existing):
+        if await _held(existing):
             raise taken
         try:
-            await tables.replace(existing, claim)
+            await records.replace(claim.model_copy(update={"etag": existing.etag}))
             return
         except tables.ConcurrencyConflict:
             raise taken from None
@@ -166,26 +136,26 @@ async def claim_name(kind: str, name: str, connection_id: str) -> None:
 
 async def release_name(kind: str, name: str, connection_id: str) -> None:
     """Give `name` back, if `connection_id` still holds it."""
-    row = await tables.get(NAMES_TABLE, kind, name)
-    if row is not None and row.data.get("connectionId") == connection_id:
+    claim = await records.get(NameClaim, kind, name)
+    if claim is not None and claim.connection_id == connection_id:
         try:
-            await tables.delete(NAMES_TABLE, kind, name, etag=row.etag)
+            await records.delete(claim)
         except tables.ConcurrencyConflict:
             return
 
 
 async def ensure_name_free(kind: str, name: str) -> None:
     """409 if a live connection (or a fresh claim) holds `name` (a fast pre-check; the claim decides)."""
-    row = await tables.get(NAMES_TABLE, kind, name)
-    if row is not None and await _held(kind, row):
+    claim = await records.get(NameClaim, kind, name)
+    if claim is not None and await _held(claim):
         raise _name_taken(kind, name)
 
 
-async def _held(kind: str, claim: tables.Row) -> bool:
+async def _held(claim: NameClaim) -> bool:
     """A name claim is held while it is fresh or its connection row exists."""
-    if str(claim.data.get("claimedAt", "")) >= clock.isoformat(clock.now() - STALE_CLAIM):
+    if claim.claimed_at >= clock.isoformat(clock.now() - STALE_CLAIM):
         return True
-    return await tables.get(TABLE, kind, str(claim.data.get("connectionId", ""))) is not None
+    return await records.get(ConnectionRecord, claim.kind, claim.connection_id) is not None
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -195,30 +165,15 @@ async def get_record(kind: str, connection_id: str) -> ConnectionRecord:
     """The connection, or 404."""
     if not connection_id or len(connection_id) > 64:
         raise not_found(kind, connection_id[:64])
-    row = await tables.get(TABLE, kind, connection_id)
-    if row is None:
+    record = await records.get(ConnectionRecord, kind, connection_id)
+    if record is None:
         raise not_found(kind, connection_id)
-    return ConnectionRecord.from_row(row)
+    return record
 
 
 async def list_records(kind: str, limit: int = 1000) -> list[ConnectionRecord]:
     rows = await tables.partition(TABLE, kind, limit=limit)
     return sorted((ConnectionRecord.from_row(r) for r in rows), key=lambda r: r.name)
-
-
-async def insert_record(record: ConnectionRecord) -> ConnectionRecord:
-    row = await tables.insert(TABLE, record.kind, record.id, record.to_data())
-    return replace(record, etag=row.etag)
-
-
-async def replace_record(record: ConnectionRecord) -> ConnectionRecord:
-    """Write the record back only if nobody changed it since it was read (409 otherwise)."""
-    row = await tables.replace(record.row())
-    return replace(record, etag=row.etag)
-
-
-async def delete_record(record: ConnectionRecord) -> None:
-    await tables.delete(TABLE, record.kind, record.id, etag=record.etag)
 
 
 # ---------------------------------------------------------------------------------------------- secrets
@@ -276,58 +231,3 @@ async def delete_secrets(refs: Mapping[str, str]) -> None:
             raise result
         if isinstance(result, Exception):
             log.warning("could not delete an unreferenced secret (%s); it is orphaned", type(result).__name__)
-
-
-# ---------------------------------------------------------------------------------------------- cache
-
-Closer = Callable[[], Awaitable[None]]
-
-
-class _LoopEntries(dict[str, tuple[str, Any, Closer]]):
-    """One event loop's built clients: connection id -> (credential revision, client, its closer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.locks: dict[str, asyncio.Lock] = {}
-
-    async def drop(self, connection_id: str) -> None:
-        entry = self.pop(connection_id, None)
-        if entry is not None:
-            with contextlib.suppress(Exception):  # closing a stale client is best effort
-                await entry[2]()
-
-    async def close(self) -> None:
-        """`core.loop_cache.close_all` calls this at shutdown: no HTTP session is left open."""
-        for connection_id in list(self):
-            await self.drop(connection_id)
-
-
-async def _new_entries() -> _LoopEntries:
-    return _LoopEntries()
-
-
-class CredentialCache(Generic[T]):
-    """One built client per (connection, credential revision), per event loop.
-
-    A credential change gives the row a new revision, so the next lookup closes the stale
-    client and builds afresh; `invalidate` closes it at once (this process). The cache is a
-    `core.loop_cache.PerLoop`, so `close_all` closes every client at shutdown.
-    """
-
-    def __init__(self) -> None:
-        self._loops: PerLoop[_LoopEntries] = PerLoop(_new_entries)
-
-    async def get(self, record: ConnectionRecord, build: Callable[[], Awaitable[tuple[T, Closer]]]) -> T:
-        entries = await self._loops.get()
-        entry = entries.get(record.id)
-        if entry is None or entry[0] != record.credential_rev:
-            async with entries.locks.setdefault(record.id, asyncio.Lock()):
-                entry = entries.get(record.id)
-                if entry is None or entry[0] != record.credential_rev:
-                    await entries.drop(record.id)
-                    value, close = await build()
-                    entry = entries[record.id] = (record.credential_rev, value, close)
-        return cast(T, entry[1])
-
-    async def invalidate(self, connection_id: str) -> None:
-        await (await self._loops.get()).drop(connection_id)

@@ -22,15 +22,16 @@ MAX_PER_RUN = 500
 
 async def reconcile_rotations() -> dict[str, Any]:
     """Take over rotations stuck mid-way; a summary of outcomes."""
-    from rotation import rotator, store
+    from rotation import cleanup, runs, store
+    from rotation.rotator import STUCK_AFTER
 
     now = clock.now()
-    entries = await store.due(now - rotator.STUCK_AFTER, limit=MAX_PER_RUN)
+    entries = await store.due(now - STUCK_AFTER, limit=MAX_PER_RUN)
     outcomes: Counter[str] = Counter()
-    for _, connection_id in entries:
-        outcomes[await rotator.recover_stuck(connection_id, now)] += 1
+    for entry in entries:
+        outcomes[await runs.recover_stuck(entry.connection_id, now)] += 1
     cleanups = await store.cleanups(limit=MAX_PER_RUN)
-    for connection_id, since in cleanups:
-        outcomes[await rotator.clean_up(connection_id, since, now)] += 1
+    for item in cleanups:
+        outcomes[await cleanup.clean_up(item.connection_id, item.since, now)] += 1
     outcomes.pop("ok", None)
     return {"checked": len(entries), "cleanups": len(cleanups), **dict(sorted(outcomes.items()))}

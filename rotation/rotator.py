@@ -21,27 +21,31 @@ never a secret), moves `nextRotationAt` by exponential backoff, is audited and e
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 import secrets
-import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, cast
-from uuid import UUID
 
-from connections.client_secrets import RESOURCE  # rotation is audited as the connection's events
-from core import audit, clock, events, tables
-from core.errors import Conflict, FieldError, NotFound, Problem, Unprocessable, UpstreamError
+from core import audit, azure_gateway, clock, events, tables
+from core.azure_failure import AzureFailure
+from core.connection_seam import RevisionMoved, access
+from core.errors import Conflict, NotFound
 from core.secret_store import SecretMissing, secret_name, secret_store
 from rotation import schedule, store
+from rotation.azure_steps import (
+    KIND,
+    MAX_ERROR,
+    RotationError,
+    add_password,
+    describe_error,
+    facts,
+    get_application,
+    remove_password,
+    verify_secret,
+)
 from rotation.store import RotationRecord
 
 if TYPE_CHECKING:
-    from msgraph.generated.models.application import Application
-    from msgraph.graph_service_client import GraphServiceClient
-
-    from connections.client_secrets import ClientSecretConnection
     from core.auth import Caller
 
 log = logging.getLogger(__name__)
@@ -49,29 +53,13 @@ log = logging.getLogger(__name__)
 Step = Literal["planned", "added", "verified", "stored"]
 Trigger = Literal["create", "schedule", "manual"]
 
-DISPLAY_PREFIX = "azure-credential-broker"
+RESOURCE = "azure-client-secrets-connection"  # rotation is audited as the connection's events
+DISPLAY_PREFIX = "azure-credential-broker"  # the broker's marker on every password it adds
 # A new secret lives until the next planned rotation plus this margin, so that a few failed
 # attempts (alerted on) do not let it expire, and a forgotten one does not live forever.
 END_DATE_GRACE = timedelta(days=14)
-# How long a new secret may take to get a token (Entra replication), with backoff between tries.
-VERIFY_TIMEOUT_SECONDS = 60.0
-VERIFY_FIRST_DELAY_SECONDS = 0.5
-VERIFY_MAX_DELAY_SECONDS = 8.0
 # A rotation whose step has not moved for this long belongs to a worker that died.
 STUCK_AFTER = timedelta(minutes=5)
-# One removePassword of a retired Key ID (retries included) may take this long; the rest waits
-# for the reconciler, so a PATCH never hangs on it.
-CLEANUP_TIMEOUT_SECONDS = 30.0
-MAX_ERROR = 300
-_AADSTS = re.compile(r"AADSTS\d+")
-
-
-class RotationError(Exception):
-    """A step failed; `message` is safe to store and show (no secret, no raw exception text)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 # ---------------------------------------------------------------- state predicates
@@ -81,182 +69,31 @@ def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def claim_until(record: RotationRecord) -> datetime:
+    """When the claim of the recorded step ends: its Azure calls run under this deadline."""
+    step_at = _parse(record.step_at) or clock.now()
+    return step_at + STUCK_AFTER
+
+
 def in_flight(record: RotationRecord, now: datetime | None = None) -> bool:
-    """A live worker is rotating this connection now (so others keep off)."""
-    if not record.step or record.status != "rotating":
+    """A live worker is rotating (or deleting) this connection now (so others keep off).
+
+    A takeover waits for the claim plus the longest single Azure call (`azure_gateway.takeover_at`):
+    a request sent just before the claim ended has surely landed by then.
+    """
+    if not record.step or record.status not in ("rotating", "deleting") or not record.step_at:
         return False
-    step_at = _parse(record.step_at)
-    return step_at is not None and step_at > (now or clock.now()) - STUCK_AFTER
+    return azure_gateway.takeover_at(claim_until(record)) > (now or clock.now())
 
 
-def needs_recovery(record: RotationRecord, now: datetime | None = None) -> bool:
-    """Half-done, and nobody is working on it: a dead worker's, or a failed attempt's."""
-    return bool(record.step) and not in_flight(record, now)
+class Superseded(RotationError):
+    """The connection's credentials changed (a PATCH) after this run planned: it must not switch."""
 
 
 def pending_name(record: RotationRecord) -> str:
     """The secret-store name of the new secret of this run (one name per run, deleted after)."""
     assert record.run_id
     return secret_name("rotation", record.connection_id, f"pending-{record.run_id}")
-
-
-# ---------------------------------------------------------------- Graph
-
-
-async def _graph(connection_id: str) -> GraphServiceClient:
-    from connections.client_secrets import graph_client_for
-
-    return await graph_client_for(connection_id)
-
-
-def _graph_status(error: BaseException) -> int | None:
-    from kiota_abstractions.api_error import APIError
-
-    if isinstance(error, APIError):
-        return error.response_status_code
-    return None
-
-
-def describe_error(error: BaseException, *known_secrets: str | None) -> str:
-    """A short, secret-free account of an error for `lastError`, audit and events."""
-    from kiota_abstractions.api_error import APIError
-
-    if isinstance(error, RotationError):
-        text = error.message
-    elif isinstance(error, Problem):
-        text = error.detail
-    elif isinstance(error, APIError):
-        code = message = ""
-        inner = getattr(error, "error", None)
-        if inner is not None:
-            code = str(getattr(inner, "code", "") or "")
-            message = str(getattr(inner, "message", "") or "")
-        text = f"Microsoft Graph answered {error.response_status_code}" + (f" {code}" if code else "")
-        if message:
-            text += f": {message}"
-    else:
-        from azure.core.exceptions import ClientAuthenticationError
-
-        if isinstance(error, ClientAuthenticationError):
-            codes = sorted(set(_AADSTS.findall(str(error.message or ""))))
-            text = "Entra ID refused the token request" + (f" ({', '.join(codes)})" if codes else "")
-        elif isinstance(error, TimeoutError | asyncio.TimeoutError):
-            text = "a call to Azure timed out"
-        else:
-            text = f"unexpected {type(error).__name__}"
-    for secret in known_secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text[:MAX_ERROR]
-
-
-async def get_application(connection_id: str, client_id: str) -> Application:
-    """The connection's app registration (by its appId), with its password credentials."""
-    client = await _graph(connection_id)
-    app = await client.applications_with_app_id(client_id).get()
-    if app is None or not app.id:
-        raise RotationError(f"Microsoft Graph returned no application for appId {client_id}")
-    return app
-
-
-async def check_key_id(connection: ClientSecretConnection, key_id: str) -> str:
-    """422 unless `key_id` is a password credential of the connection's app; the app's object id."""
-    from connections.client_secrets import require_key_id
-
-    try:
-        app = await get_application(connection.id, connection.client_id)
-    except Exception as error:
-        status = _graph_status(error)
-        detail = describe_error(error)
-        if status in (401, 403):
-            raise Unprocessable(
-                "the connection's app cannot read its own registration, so it cannot rotate its secret",
-                [
-                    FieldError(
-                        "rotation",
-                        "grant the app Application.ReadWrite.OwnedBy (and make it an owner of itself) "
-                        f"or Application.ReadWrite.All: {detail}",
-                    )
-                ],
-            ) from None
-        if status == 404:
-            raise Unprocessable(
-                "the app registration was not found in the connection's tenant",
-                [FieldError("rotation", f"app {connection.client_id} has no registration here: {detail}")],
-            ) from None
-        raise UpstreamError(f"could not read the app registration from Microsoft Graph: {detail}") from None
-    require_key_id(app, key_id, connection.client_id)
-    assert app.id
-    return str(app.id)
-
-
-async def _add_password(record: RotationRecord) -> tuple[str, str]:
-    from msgraph.generated.applications.item.add_password.add_password_post_request_body import (
-        AddPasswordPostRequestBody,
-    )
-    from msgraph.generated.models.password_credential import PasswordCredential
-
-    client = await _graph(record.connection_id)
-    body = AddPasswordPostRequestBody(
-        password_credential=PasswordCredential(
-            display_name=record.new_display_name, end_date_time=_parse(record.new_end_at)
-        )
-    )
-    created = await client.applications.by_application_id(record.app_object_id).add_password.post(body)
-    if created is None or not created.key_id or not created.secret_text:
-        raise RotationError("addPassword returned no key id or secret")
-    return str(created.key_id).lower(), created.secret_text
-
-
-async def _remove_password(record: RotationRecord, key_id: str) -> None:
-    """removePassword; a key that is already gone counts as removed (so the step is idempotent)."""
-    from msgraph.generated.applications.item.remove_password.remove_password_post_request_body import (
-        RemovePasswordPostRequestBody,
-    )
-
-    client = await _graph(record.connection_id)
-    try:
-        await client.applications.by_application_id(record.app_object_id).remove_password.post(
-            RemovePasswordPostRequestBody(key_id=UUID(key_id))
-        )
-    except Exception as error:
-        if _graph_status(error) not in (400, 404):
-            raise
-        # Graph refuses to remove an unknown key id; make sure that is why.
-        connection = await _connection(record.connection_id)
-        app = await get_application(record.connection_id, connection.client_id)
-        if any(str(c.key_id).lower() == key_id.lower() for c in app.password_credentials or []):
-            raise
-
-
-async def _connection(connection_id: str) -> ClientSecretConnection:
-    from connections.client_secrets import get_connection
-
-    return await get_connection(connection_id)
-
-
-async def verify_secret(tenant_id: str, client_id: str, secret: str) -> None:
-    """Prove the secret gets a Graph token, retrying through replication delay (bounded)."""
-    from azure.core.exceptions import ClientAuthenticationError
-
-    from core.azure_clients import client_secret_credential, graph_scope
-
-    deadline = time.monotonic() + VERIFY_TIMEOUT_SECONDS
-    delay = VERIFY_FIRST_DELAY_SECONDS
-    while True:
-        credential = client_secret_credential(tenant_id, client_id, secret)
-        try:
-            async with credential:
-                await credential.get_token(graph_scope())
-            return
-        except ClientAuthenticationError as error:
-            if time.monotonic() + delay > deadline:
-                raise RotationError(
-                    f"the new secret did not get a token within {VERIFY_TIMEOUT_SECONDS:.0f}s: "
-                    + describe_error(error, secret)
-                ) from None
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, VERIFY_MAX_DELAY_SECONDS)
 
 
 # ---------------------------------------------------------------- the steps
@@ -306,24 +143,35 @@ async def advance(record: RotationRecord) -> RotationRecord:
     """Do the Azure call that follows the recorded step, then record the next step."""
     step = record.step
     if step == "planned":
-        key_id, secret = await _add_password(record)
+        key_id, secret = await add_password(record)
         record.new_key_id = key_id  # known from here on, even if the store write fails
         await secret_store().set(pending_name(record), secret)
         record.pending_secret = secret
         return await _save_step(record, "added")
     if step == "added":
-        connection = await _connection(record.connection_id)
+        connection = await facts(record.connection_id)
         secret = await _pending_secret(record)
         await verify_secret(connection.tenant_id, connection.client_id, secret)
         return await _save_step(record, "verified")
     if step == "verified":
-        from connections.client_secrets import store_client_secret
-
-        await store_client_secret(record.connection_id, await _pending_secret(record))
+        # One writer per connection: the switch is conditional on the connection's credential
+        # revision this run planned from; a PATCH that changed it meanwhile wins (RevisionMoved).
+        try:
+            record.connection_rev = await access().switch_client_secret(
+                KIND,
+                record.connection_id,
+                await _pending_secret(record),
+                from_rev=record.connection_rev or "",
+            )
+        except RevisionMoved:
+            raise Superseded(
+                "the connection's credentials changed during the rotation (a PATCH); the new secret is "
+                "removed and the connection keeps the one it was given"
+            ) from None
         return await _save_step(record, "stored")
     if step == "stored":
         if record.old_key_id and record.old_key_id != record.new_key_id:
-            await _remove_password(record, record.old_key_id)
+            await remove_password(record, record.old_key_id)
         await secret_store().delete(pending_name(record))
         return await _finish(record)
     raise RotationError(f"unknown rotation step {step!r}")
@@ -397,8 +245,8 @@ async def rollback(record: RotationRecord) -> RotationRecord:
     whose answer was lost), removes each, deletes the pending secret, and clears the run.
     Does not save: the caller records the outcome.
     """
-    assert record.step in ("planned", "added"), record.step
-    connection = await _connection(record.connection_id)
+    assert record.step in ("planned", "added", "verified"), record.step
+    connection = await facts(record.connection_id)
     app = await get_application(record.connection_id, connection.client_id)
     doomed = {
         str(c.key_id).lower()
@@ -411,7 +259,7 @@ async def rollback(record: RotationRecord) -> RotationRecord:
     }
     doomed.discard((record.old_key_id or "").lower())  # never the working one
     for key_id in sorted(doomed):
-        await _remove_password(record, key_id)
+        await remove_password(record, key_id)
     if record.run_id:
         await secret_store().delete(pending_name(record))
     _clear_run(record)
@@ -420,7 +268,7 @@ async def rollback(record: RotationRecord) -> RotationRecord:
 
 async def _connection_gone(connection_id: str) -> bool:
     try:
-        await _connection(connection_id)
+        await facts(connection_id)
     except NotFound:
         return True
     return False
@@ -440,7 +288,10 @@ async def _fail(record: RotationRecord, error: BaseException) -> RotationRecord:
     message = describe_error(error)
     log.warning("rotation of %s failed at %s: %s", record.connection_id, step, message)
     rolled_back = False
-    if step in ("planned", "added"):
+    # An addPassword whose outcome is unknown (cut by the claim's deadline) may still land until the
+    # claim plus the longest call: the step stays `planned`, and the takeover undoes it after that.
+    landing = step == "planned" and isinstance(error, AzureFailure) and error.outcome_unknown
+    if (step in ("planned", "added") or isinstance(error, Superseded)) and not landing:
         try:
             record = await rollback(record)
             rolled_back = True
@@ -480,7 +331,8 @@ async def run(record: RotationRecord) -> RotationRecord:
     """Drive a claimed rotation to `done`, or to a recorded failure."""
     while record.step:
         try:
-            record = await advance(record)
+            async with azure_gateway.deadline(claim_until(record)):  # no step outlives its claim
+                record = await advance(record)
         except tables.ConcurrencyConflict:
             raise  # someone else owns the row now; they carry on
         except Exception as error:
@@ -501,6 +353,15 @@ async def begin(
     """
     if record.step:
         raise Conflict("a rotation of this connection is in flight", code="rotation-in-flight")
+    current = (await facts(record.connection_id)).credential_rev
+    if record.connection_rev is None:
+        record.connection_rev = current  # a row written before the one-writer rule
+    elif record.connection_rev != current:
+        raise Conflict(
+            "the connection's credentials changed and its rotation settings are being updated; "
+            "try again in a moment",
+            code="rotation-in-flight",
+        )
     if trigger == "schedule" and record.slot_at is None:
         record.slot_at = record.next_rotation_at
     elif trigger != "schedule":
@@ -517,6 +378,10 @@ async def take_over(record: RotationRecord, caller: Caller) -> RotationRecord:
     From `planned` nobody knows whether `addPassword` happened: undo, then start afresh.
     From `added` on, carry on (a new secret that never works is undone by `run`'s failure path).
     """
+    if record.step == "deleting":
+        # A delete that died after its claim: give the row back (the connection still exists).
+        record.step, record.status = "", "failed" if record.last_error else "scheduled"
+        return await store.save(record)
     record.status = "rotating"
     record.step_at = clock.isoformat(clock.now())
     record = await store.save(record)  # the ETag claim
@@ -528,234 +393,3 @@ async def take_over(record: RotationRecord, caller: Caller) -> RotationRecord:
         _plan(record, caller, cast(Trigger, record.trigger or "schedule"))
         record = await store.save(record)
     return await run(record)
-
-
-async def rotate_now(
-    connection_id: str, caller: Caller, *, trigger: Trigger, record: RotationRecord | None = None
-) -> RotationRecord:
-    """Rotate right away (create, manual): 409 if another rotation is in flight."""
-    record = record or await store.load(connection_id)
-    if record is None or not record.client_secret_key_id or not record.app_object_id:
-        raise Conflict(
-            "rotation is not configured for this connection; set its rotation block first",
-            code="rotation-not-configured",
-        )
-    if in_flight(record):
-        raise Conflict(
-            "a rotation of this connection is in flight; try again when it has finished",
-            code="rotation-in-flight",
-        )
-    try:
-        if record.step:
-            return await take_over(record, caller)
-        record = await begin(record, caller, trigger, move_due=trigger == "manual")
-    except tables.ConcurrencyConflict:
-        raise Conflict(
-            "a rotation of this connection started meanwhile; try again when it has finished",
-            code="rotation-in-flight",
-        ) from None
-    return await run(record)
-
-
-async def process_due(connection_id: str, index_key: str, now: datetime) -> str:
-    """The timer's work on one due index entry; returns what happened (for the job summary)."""
-    record = await store.load(connection_id)
-    current = store.index_key(record.next_rotation_at or "", connection_id) if record else None
-    if record is None or not record.enabled or current != index_key:
-        # Not (or no longer) the row's entry. A young one may belong to a write in progress
-        # (index entry first, row second), so only entries older than STUCK_AFTER are dropped.
-        entry_at = _parse(index_key.partition("_")[0])
-        if entry_at is not None and entry_at < now - STUCK_AFTER:
-            await store.drop_index(index_key)
-        return "stale"
-    if in_flight(record, now):
-        return "busy"
-    try:
-        if record.step:
-            record = await _resume(record)
-            outcome = "resumed"
-        else:
-            due_at = record.due_at()
-            if due_at is None or due_at > now:
-                return "not_due"
-            record = await begin(record, audit.SYSTEM, "schedule")
-            record = await run(record)
-            outcome = "rotated"
-    except tables.ConcurrencyConflict:
-        return "claimed_elsewhere"
-    return "failed" if record.status == "failed" else outcome
-
-
-async def recover_stuck(connection_id: str, now: datetime) -> str:
-    """The reconciler's work on one connection: finish or undo a dead worker's rotation."""
-    record = await store.load(connection_id)
-    if record is None or not record.step or record.status != "rotating" or in_flight(record, now):
-        return "ok"
-    try:
-        record = await _resume(record)
-    except tables.ConcurrencyConflict:
-        return "claimed_elsewhere"
-    return "failed" if record.status == "failed" else "fixed"
-
-
-async def _resume(record: RotationRecord) -> RotationRecord:
-    """Take over a half-done rotation as the system; a dead worker's is reported (`reconcile.fixed`)."""
-    dead_worker, from_step = record.status == "rotating", record.step
-    record = await take_over(record, audit.SYSTEM)
-    if dead_worker:
-        events.emit(
-            "reconcile.fixed",
-            kind="rotation",
-            connectionId=record.connection_id,
-            fromStep=from_step,
-            status=record.status,
-        )
-    return record
-
-
-# ---------------------------------------------------------------- retired broker-made secrets
-
-
-async def retire(record: RotationRecord, key_id: str) -> RotationRecord:
-    """Record (before any Azure call) that a broker-made Key ID is no longer the connection's.
-
-    Adds it to `pendingRemovalKeyIds` and indexes the connection for the reconciler; does not
-    save the row (the caller saves it together with the switch to the new Key ID, so the Key ID
-    is tracked either as the current one or as pending removal, never neither).
-    """
-    key = key_id.lower()
-    if key and key != (record.client_secret_key_id or "").lower():
-        await store.mark_cleanup(record.connection_id)  # the index entry first, the row second
-        record.set_pending_removals({*record.pending_removals(), key})
-    return record
-
-
-async def remove_retired(record: RotationRecord, caller: Caller) -> RotationRecord:
-    """removePassword each Key ID pending removal; what fails stays listed for the reconciler.
-
-    Never removes the Key ID the connection uses now, or the new one of a run in flight (both
-    are dropped from the list instead). An already-gone Key ID counts as removed. Saves the row
-    (ETag) and drops the cleanup index entry once the list is empty; audits the outcome.
-    """
-    keep_out = {(record.client_secret_key_id or "").lower(), (record.new_key_id or "").lower()}
-    pending = [k for k in record.pending_removals() if k not in keep_out]
-    removed: list[str] = []
-    failed: dict[str, str] = {}
-    for key_id in pending:
-        try:
-            await asyncio.wait_for(_remove_password(record, key_id), CLEANUP_TIMEOUT_SECONDS)
-        except Exception as error:
-            failed[key_id] = describe_error(error)
-        else:
-            removed.append(key_id)
-    before = record.pending_removals()
-    record.set_pending_removals(list(failed))
-    if record.pending_removals() != before:
-        try:
-            record = await store.save(record)
-        except tables.ConcurrencyConflict:
-            # Someone else (a reconciler, a rotation) wrote the row meanwhile: theirs is the truth.
-            # What it still lists is retried later (removing an already-gone Key ID is a no-op).
-            latest = await store.load(record.connection_id)
-            if latest is None:
-                return record
-            record = latest
-    if not record.pending_removals():
-        await store.unmark_cleanup(record.connection_id)
-    if removed:
-        await audit.record(
-            caller,
-            "rotation.cleanup",
-            RESOURCE,
-            record.connection_id,
-            detail=f"removedKeyIds={','.join(removed)}",
-        )
-    if failed:
-        message = "; ".join(f"{key}: {text}" for key, text in sorted(failed.items()))[:MAX_ERROR]
-        log.warning(
-            "removing retired broker-made secrets of %s failed (the reconciler retries): %s",
-            record.connection_id,
-            message,
-        )
-        await audit.record(
-            caller,
-            "rotation.cleanup",
-            RESOURCE,
-            record.connection_id,
-            result="failure",
-            detail=f"pendingRemovalKeyIds={','.join(sorted(failed))} (the reconciler retries): {message}",
-        )
-    return record
-
-
-async def clean_up(connection_id: str, since: datetime | None, now: datetime) -> str:
-    """The reconciler's work on one cleanup index entry; returns what happened."""
-    record = await store.load(connection_id)
-    if record is None or not record.pending_removals():
-        # A young entry may belong to a write in progress (entry first, row second).
-        if since is None or since < now - STUCK_AFTER:
-            await store.unmark_cleanup(connection_id)
-            return "cleanup_stale"
-        return "ok"
-    if in_flight(record, now):
-        return "busy"
-    record = await remove_retired(record, audit.SYSTEM)
-    if record.pending_removals():
-        return "cleanup_pending"
-    events.emit("reconcile.fixed", kind="rotation-cleanup", connectionId=connection_id)
-    return "cleaned_up"
-
-
-def _permanent(error: BaseException) -> bool:
-    """The app or our access to it is gone for good (nothing we could remove is reachable)."""
-    from azure.core.exceptions import ClientAuthenticationError
-
-    return isinstance(error, ClientAuthenticationError) or _graph_status(error) in (401, 403, 404)
-
-
-async def forget(connection_id: str) -> None:
-    """Delete a connection's rotation, removing the broker-made credentials it tracks first
-    (the current one if broker-made, a half-done run's new one, and those pending removal).
-
-    A transient Azure failure refuses the delete (502, try again) rather than leave a
-    broker-made secret on the app untracked; if the app or the connection's access to it is
-    gone for good, the delete goes ahead and the audit log names the Key IDs left behind.
-    """
-    record = await store.load(connection_id)
-    if record is None:
-        return
-    if in_flight(record):
-        raise Conflict(
-            "a rotation of this connection is in flight; delete it when the rotation has finished",
-            code="rotation-in-flight",
-        )
-    doomed = {record.new_key_id} if record.step in ("verified", "stored") else set()
-    if record.broker_owned:
-        doomed.add(record.client_secret_key_id)
-    doomed.update(record.pending_removals())
-    try:
-        if record.step in ("planned", "added"):
-            record = await rollback(record)
-        for key_id in sorted(k for k in doomed if k):
-            await _remove_password(record, key_id)
-        if record.run_id:
-            await secret_store().delete(pending_name(record))
-    except Exception as error:
-        message = describe_error(error)
-        if not _permanent(error):
-            raise UpstreamError(
-                "could not remove the broker-made client secrets from the app, so the connection "
-                f"was not deleted; try again: {message}",
-                code="rotation-cleanup-failed",
-            ) from None
-        log.warning("removing broker-made secrets of %s failed for good: %s", connection_id, message)
-        left = ", ".join(sorted(k for k in doomed | {record.new_key_id} if k)) or "unknown"
-        await audit.record(
-            audit.SYSTEM,
-            "rotation.forget",
-            RESOURCE,
-            connection_id,
-            result="failure",
-            detail=f"broker-made client secrets may remain on the app (Key IDs {left}): {message}",
-        )
-    await store.remove(record)

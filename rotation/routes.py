@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends, Path
-
-from core.auth import Caller, Role, require
+from core.deps import Operator, PathId
 from core.errors import UpstreamError
 from rotation.service import RotationView, view_of
 
@@ -25,14 +23,13 @@ router = APIRouter(prefix="/api/v1/app-connections/azure-client-secrets", tags=[
     responses={409: {"description": "in flight / not configured"}, 502: {"description": "failed"}},
 )
 async def rotate_connection(
-    connection_id: Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$")],
-    caller: Annotated[Caller, Depends(require(Role.OPERATOR))],
+    connection_id: PathId,
+    caller: Operator,
 ) -> RotationView:
-    from connections.client_secrets import get_connection
-    from rotation import rotator
+    from rotation import azure_steps, runs
 
-    await get_connection(connection_id)  # 404 for an unknown connection
-    record = await rotator.rotate_now(connection_id, caller, trigger="manual")
+    await azure_steps.facts(connection_id)  # 404 for an unknown connection
+    record = await runs.rotate_now(connection_id, caller, trigger="manual")
     view = view_of(record)
     if view.status == "failed":
         raise UpstreamError(

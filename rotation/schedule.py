@@ -30,11 +30,11 @@ def parse_rotate_at(text: str) -> time:
 
 def zone(name: str) -> ZoneInfo:
     """An IANA zone by name; ValueError naming the problem otherwise."""
-    if not name or name.startswith(("/", ".")) or ".." in name:
+    if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
         raise ValueError("must be an IANA time zone name such as Europe/Berlin or UTC")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tzdata directory ("Europe")
         raise ValueError(
             f"{name!r} is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)"
         ) from None

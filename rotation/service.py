@@ -1,9 +1,8 @@
-"""Rotation settings of a Client Secret connection: validate, schedule, describe, delete.
+"""Rotation settings of a Client Secret connection: validate, schedule, describe.
 
-The connections service calls these from its create/PATCH/GET/DELETE routes; the rotator
-(rotation.rotator) does the work; the timer (rotation.timer) drives it on schedule.
-`connections.client_secrets` imports no SDK at module level, so importing it costs the cold
-start nothing; it never imports rotation/, so there is no cycle.
+rotation.hooks hands these to the generic connection service (through core.connection_seam),
+which calls them on create, PATCH, read and delete; the rotator (rotation.rotator) does the
+work; the timer (rotation.timer) drives it on schedule.
 """
 
 from __future__ import annotations
@@ -15,15 +14,14 @@ from uuid import UUID
 
 from pydantic import Field, field_validator
 
-from connections.client_secrets import RESOURCE  # rotation is audited as the connection's events
 from core import audit, clock
 from core.errors import Conflict, FieldError, Unprocessable
 from core.models import ApiModel, RequestModel
 from rotation import schedule
 
 if TYPE_CHECKING:
-    from connections.client_secrets import ClientSecretConnection
     from core.auth import Caller
+    from core.connection_seam import ConnectionFacts
     from rotation.store import RotationRecord
 
 log = logging.getLogger(__name__)
@@ -158,7 +156,7 @@ async def key_id_for_new_secret(
 
 
 async def configure_rotation(
-    connection: ClientSecretConnection,
+    connection: ConnectionFacts,
     settings: RotationSettings | None,
     caller: Caller,
     *,
@@ -177,7 +175,8 @@ async def configure_rotation(
     when rotation is on). If the previous secret was broker-made, it is listed for removal in the
     same row write and then removed from the app (pending for the reconciler if that fails).
     """
-    from rotation import rotator, store
+    from rotation import azure_steps, cleanup, runs, store
+    from rotation.rotator import RESOURCE
 
     existing = None if on_create else await store.load(connection.id)
     if settings is None and secret_changed and existing is not None:
@@ -216,7 +215,7 @@ async def configure_rotation(
         )
     app_object_id = existing.app_object_id if existing is not None else ""
     if settings.enabled and (key_changed or not app_object_id):
-        app_object_id = await rotator.check_key_id(connection, key_id)
+        app_object_id = await azure_steps.check_key_id(connection, key_id)
 
     now = clock.now()
     record = existing or store.RotationRecord(connection_id=connection.id)
@@ -226,11 +225,12 @@ async def configure_rotation(
     record.rotate_at = merged.get("rotate_at")
     record.time_zone = merged.get("time_zone") or "UTC"
     record.app_object_id = app_object_id
+    record.connection_rev = connection.credential_rev  # the revision whose secret is key_id
     if key_changed:
         record.broker_owned = False  # the caller's own secret, not one the broker made
     if retired:
         # Intent first: the same row write that switches the Key ID lists the old one for removal.
-        record = await rotator.retire(record, retired)
+        record = await cleanup.retire(record, retired)
     if not settings.enabled:
         record.status = "disabled"
         record.next_rotation_at = None
@@ -260,9 +260,9 @@ async def configure_rotation(
     if retired:
         # The connection already uses the new secret (the PATCH switched it); a failure here keeps
         # the Key ID listed for the reconciler and is shown in the view, the PATCH still succeeds.
-        record = await rotator.remove_retired(record, caller)
+        record = await cleanup.remove_retired(record, caller)
     if on_create and settings.enabled:
-        record = await rotator.rotate_now(connection.id, caller, trigger="create", record=record)
+        record = await runs.rotate_now(connection.id, caller, trigger="create", record=record)
     return view_of(record)
 
 
@@ -303,15 +303,3 @@ async def describe_rotation(connection_id: str) -> RotationView | None:
 
     record = await store.load(connection_id)
     return None if record is None else view_of(record)
-
-
-async def delete_rotation(connection_id: str) -> None:
-    """Forget a connection's rotation (call before deleting the connection's secret).
-
-    Broker-made password credentials (including Key IDs pending removal) are removed from the
-    app first; a transient Azure failure refuses the delete (502), a permanent one (app or
-    access gone) lets it go ahead and audits the Key IDs left, so none outlives it untracked.
-    """
-    from rotation import rotator
-
-    await rotator.forget(connection_id)

@@ -25,14 +25,13 @@ is ever written again).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from core import clock, tables
+from pydantic import Field, PrivateAttr, field_validator
 
-TABLE = "Rotations"
-INDEX_TABLE = "RotationDue"
+from core import clock, records, tables
+
 INDEX_PK = "due"
 CLEANUP_PK = "cleanup"
 ROW_KEY = "rotation"
@@ -43,11 +42,15 @@ def index_key(next_rotation_at: str, connection_id: str) -> str:
     return f"{next_rotation_at}_{connection_id}"
 
 
-@dataclass
-class RotationRecord:
-    """One connection's rotation row (snake_case here, camelCase in the table)."""
+class RotationRecord(records.Record):
+    """One connection's rotation row."""
+
+    TABLE: ClassVar[str] = "Rotations"
+    PK_FIELD: ClassVar[str] = "connection_id"
+    RK_FIELD: ClassVar[str] = "row_key"
 
     connection_id: str
+    row_key: str = ROW_KEY
     enabled: bool = False
     client_secret_key_id: str = ""
     interval_days: int | None = None
@@ -55,10 +58,13 @@ class RotationRecord:
     time_zone: str = "UTC"
     app_object_id: str = ""
     broker_owned: bool = False  # the current secret was made by the broker (removed on delete)
+    # The connection's credential revision whose secret is `client_secret_key_id`: a rotation only
+    # switches a connection still at the revision it planned from (one writer per connection).
+    connection_rev: str | None = None
     last_rotated_at: str | None = None
     next_rotation_at: str | None = None
     slot_at: str | None = None  # the scheduled slot being served, for the next slot's arithmetic
-    status: str = "scheduled"  # scheduled | failed | disabled (in flight: `step` is set)
+    status: str = "scheduled"  # scheduled | failed | disabled | deleting (in flight: `step` is set)
     last_error: str | None = None
     failures: int = 0
     # The state machine: '' (idle) | planned | added | verified | stored
@@ -72,46 +78,63 @@ class RotationRecord:
     new_key_id: str | None = None
     old_key_id: str | None = None
     new_end_at: str | None = None
-    # Broker-made Key IDs no longer in use that are still to be removed from the app (comma-separated;
-    # Table Storage has no list type). Recorded before the removePassword that should remove them.
-    pending_removal_key_ids: str = ""
+    # Broker-made Key IDs no longer in use that are still to be removed from the app; recorded
+    # before the removePassword that should remove them.
+    pending_removal_key_ids: list[str] = Field(default_factory=list)
     index_key: str | None = None  # the RotationDue RowKey currently pointing at this row
-    etag: str | None = field(default=None, compare=False)
     # The new secret while this process holds it (saves reading it back); never written to the table.
-    pending_secret: str | None = field(default=None, compare=False, repr=False)
+    _pending_secret: str | None = PrivateAttr(default=None)
 
-    def to_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for item in fields(self):
-            if item.name in ("connection_id", "etag", "pending_secret"):
-                continue
-            value = getattr(self, item.name)
-            data[_camel(item.name)] = value
-        return data
-
+    @field_validator("pending_removal_key_ids", mode="before")
     @classmethod
-    def from_row(cls, row: tables.Row) -> RotationRecord:
-        known = {_camel(f.name): f.name for f in fields(cls)}
-        values = {known[k]: v for k, v in row.data.items() if k in known}
-        return cls(connection_id=row.pk, etag=row.etag, **values)
+    def _comma_list(cls, value: Any) -> Any:
+        """Rows written before the typed records hold a comma-separated string."""
+        return [k for k in value.split(",") if k] if isinstance(value, str) else value
+
+    @property
+    def pending_secret(self) -> str | None:
+        return self._pending_secret
+
+    @pending_secret.setter
+    def pending_secret(self, value: str | None) -> None:
+        self._pending_secret = value
 
     def pending_removals(self) -> list[str]:
-        return [k for k in self.pending_removal_key_ids.split(",") if k]
+        return list(self.pending_removal_key_ids)
 
     def set_pending_removals(self, key_ids: list[str] | set[str]) -> None:
-        self.pending_removal_key_ids = ",".join(sorted({k.lower() for k in key_ids if k}))
+        self.pending_removal_key_ids = sorted({k.lower() for k in key_ids if k})
 
     def due_at(self) -> datetime | None:
         return datetime.fromisoformat(self.next_rotation_at) if self.next_rotation_at else None
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+class DueEntry(records.Record):
+    """A `RotationDue` hint: the connection is due at the time its RowKey starts with."""
+
+    TABLE: ClassVar[str] = "RotationDue"
+    PK_FIELD: ClassVar[str] = "partition"
+    RK_FIELD: ClassVar[str] = "key"
+
+    partition: str = INDEX_PK
+    key: str
+    connection_id: str = ""
 
 
-def _row(record: RotationRecord) -> tables.Row:
-    return tables.Row(TABLE, record.connection_id, ROW_KEY, record.to_data(), record.etag)
+class CleanupEntry(records.Record):
+    """A `RotationDue` cleanup entry: the connection's row lists Key IDs still to be removed."""
+
+    TABLE: ClassVar[str] = "RotationDue"
+    PK_FIELD: ClassVar[str] = "partition"
+    RK_FIELD: ClassVar[str] = "connection_id"
+
+    partition: str = CLEANUP_PK
+    connection_id: str
+    since: datetime | None = None
+
+
+TABLE = RotationRecord.TABLE
+INDEX_TABLE = DueEntry.TABLE
 
 
 def _wanted_index(record: RotationRecord) -> str | None:
@@ -121,19 +144,16 @@ def _wanted_index(record: RotationRecord) -> str | None:
 
 
 async def load(connection_id: str) -> RotationRecord | None:
-    row = await tables.get(TABLE, connection_id, ROW_KEY)
-    return None if row is None else RotationRecord.from_row(row)
+    return await records.get(RotationRecord, connection_id, ROW_KEY)
 
 
 async def create(record: RotationRecord) -> RotationRecord:
     """Insert a new rotation row (and its index entry first); `RowExists` if it exists."""
     wanted = _wanted_index(record)
     if wanted:
-        await tables.upsert(INDEX_TABLE, INDEX_PK, wanted, {"connectionId": record.connection_id})
+        await records.upsert(DueEntry(key=wanted, connection_id=record.connection_id))
     record.index_key = wanted
-    row = await tables.insert(TABLE, record.connection_id, ROW_KEY, record.to_data())
-    record.etag = row.etag
-    return record
+    return _keep_secret(record, await records.insert(record))
 
 
 async def save(record: RotationRecord) -> RotationRecord:
@@ -144,56 +164,50 @@ async def save(record: RotationRecord) -> RotationRecord:
     old_index = record.index_key
     wanted = _wanted_index(record)
     if wanted and wanted != old_index:
-        await tables.upsert(INDEX_TABLE, INDEX_PK, wanted, {"connectionId": record.connection_id})
+        await records.upsert(DueEntry(key=wanted, connection_id=record.connection_id))
     record.index_key = wanted
     try:
-        row = await tables.replace(_row(record))
+        saved = _keep_secret(record, await records.replace(record))
     except tables.ConcurrencyConflict:
         record.index_key = old_index
         raise
-    record.etag = row.etag
     if old_index and old_index != wanted:
-        await tables.delete(INDEX_TABLE, INDEX_PK, old_index)
-    return record
+        await drop_index(old_index)
+    return saved
+
+
+def _keep_secret(record: RotationRecord, saved: RotationRecord) -> RotationRecord:
+    saved.pending_secret = record.pending_secret
+    return saved
 
 
 async def remove(record: RotationRecord) -> None:
-    """Delete the row and its index entries."""
-    await tables.delete(TABLE, record.connection_id, ROW_KEY)
+    """Delete the row (only if unchanged since read) and its index entries."""
+    await records.delete(record)
     if record.index_key:
-        await tables.delete(INDEX_TABLE, INDEX_PK, record.index_key)
+        await drop_index(record.index_key)
     if record.pending_removals():
         await unmark_cleanup(record.connection_id)
 
 
 async def mark_cleanup(connection_id: str) -> None:
     """Index the connection for the reconciler's cleanup (before the row lists the Key IDs)."""
-    await tables.upsert(INDEX_TABLE, CLEANUP_PK, connection_id, {"since": clock.isoformat(clock.now())})
+    await records.upsert(CleanupEntry(connection_id=connection_id, since=clock.now()))
 
 
 async def unmark_cleanup(connection_id: str) -> None:
     """Drop the cleanup entry (after the row's list is empty)."""
-    await tables.delete(INDEX_TABLE, CLEANUP_PK, connection_id)
+    await records.delete(CleanupEntry(connection_id=connection_id), conditional=False)
 
 
-async def cleanups(*, limit: int) -> list[tuple[str, datetime | None]]:
-    """(connection id, entry written at) of connections with Key IDs pending removal."""
-    rows = tables.query(
-        INDEX_TABLE,
-        "PartitionKey eq @pk",
-        {"pk": CLEANUP_PK},
-        select=["PartitionKey", "RowKey", "since"],
-        limit=limit,
-    )
-    found: list[tuple[str, datetime | None]] = []
-    async for row in rows:
-        since = row.data.get("since")
-        found.append((row.rk, datetime.fromisoformat(since) if isinstance(since, str) else None))
-    return found
+async def cleanups(*, limit: int) -> list[CleanupEntry]:
+    """The cleanup entries: connections with Key IDs pending removal."""
+    rows = tables.query(INDEX_TABLE, "PartitionKey eq @pk", {"pk": CLEANUP_PK}, limit=limit)
+    return [CleanupEntry.from_row(row) async for row in rows]
 
 
-async def due(now: datetime, *, limit: int) -> list[tuple[str, str]]:
-    """(index RowKey, connection id) of entries due at `now`, oldest first, reading only those."""
+async def due(now: datetime, *, limit: int) -> list[DueEntry]:
+    """The index entries due at `now`, oldest first, reading only those."""
     bound = f"{clock.isoformat(now)}_{_HIGH}"
     rows = tables.query(
         INDEX_TABLE,
@@ -203,9 +217,9 @@ async def due(now: datetime, *, limit: int) -> list[tuple[str, str]]:
         page_size=min(limit, 1000),
         limit=limit,
     )
-    return [(row.rk, str(row.data.get("connectionId") or row.rk.partition("_")[2])) async for row in rows]
+    return [DueEntry.from_row(row) async for row in rows]
 
 
 async def drop_index(key: str) -> None:
     """Delete an index entry that no longer matches its row."""
-    await tables.delete(INDEX_TABLE, INDEX_PK, key)
+    await records.delete(DueEntry(key=key), conditional=False)

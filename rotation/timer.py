@@ -23,7 +23,7 @@ CONCURRENCY = 10
 
 async def rotate_due_connections() -> dict[str, Any]:
     """Rotate the due connections; a summary of what happened to each due entry."""
-    from rotation import rotator, store
+    from rotation import runs, store
 
     now = clock.now()
     entries = await store.due(now, limit=MAX_PER_RUN)
@@ -32,7 +32,7 @@ async def rotate_due_connections() -> dict[str, Any]:
 
     async def one(index_key: str, connection_id: str) -> None:
         async with gate:
-            outcomes[await rotator.process_due(connection_id, index_key, now)] += 1
+            outcomes[await runs.process_due(connection_id, index_key, now)] += 1
 
-    await asyncio.gather(*(one(key, cid) for key, cid in entries))
+    await asyncio.gather(*(one(entry.key, entry.connection_id) for entry in entries))
     return {"due": len(entries), **dict(sorted(outcomes.items()))}

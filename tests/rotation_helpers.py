@@ -13,6 +13,7 @@ import pytest
 from tests.harness import ServerHandle
 
 PREFIX = "/api/v1/app-connections/azure-client-secrets"
+KIND = "azure-client-secrets"
 BROKER_MARK = "azure-credential-broker"
 
 
@@ -106,23 +107,31 @@ def connections(api: httpx.Client) -> Iterator[Connections]:
     made.cleanup()
 
 
-def current_secret(broker: ServerHandle, connection_id: str) -> str:
-    from connections.client_secrets import read_client_secret
+async def read_client_secret(connection_id: str) -> str:
+    """The connection's stored client secret (as the broker holds it; tests only)."""
+    from connections import store
 
+    return await store.read_secret(await store.get_record(KIND, connection_id), "clientSecret")
+
+
+def current_secret(broker: ServerHandle, connection_id: str) -> str:
     return broker.run(read_client_secret(connection_id))
 
 
 def assert_validates(broker: ServerHandle, connection_id: str) -> None:
     """The connection's stored secret gets a token and reads its app from Graph."""
-    from connections.client_secrets import get_connection, validate_app_credentials
+    from connections import store
+    from connections.client_secrets import validate_app_credentials
 
     async def check() -> None:
-        connection = await get_connection(connection_id)
-        from connections.client_secrets import read_client_secret
-
+        connection = await store.get_record(KIND, connection_id)
         secret = await read_client_secret(connection_id)
         await validate_app_credentials(
-            connection.tenant_id, connection.client_id, "client-secret", {"clientSecret": secret}, [secret]
+            connection.tenant_id or "",
+            connection.client_id or "",
+            "client-secret",
+            {"clientSecret": secret},
+            [secret],
         )
 
     broker.run(check())

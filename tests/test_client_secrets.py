@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connections import azure_errors, client_secrets
+from connections import azure_errors, client_secrets, store
 from tests.azure_fake import make_self_signed_certificate
 from tests.conn_support import (
     CS_PATH,
@@ -27,6 +27,7 @@ from tests.conn_support import (
     unique,
 )
 from tests.harness import ServerHandle, assert_problem
+from tests.rotation_helpers import read_client_secret
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +476,7 @@ def test_patch_credentials_are_validated_and_switch_the_graph_client(
     new_key, new_secret = fake_azure.add_password(app, display_name="second")
     patched = api.patch(url, json={"credentials": {"clientSecret": new_secret}})
     assert patched.status_code == 200, patched.text
-    assert broker.run(client_secrets.read_client_secret(connection["id"])) == new_secret
+    assert broker.run(read_client_secret(connection["id"])) == new_secret
     # the old secret is gone at Azure: only the new one can still work
     fake_azure.remove_password(app, connection["keyId"])
     assert broker.run(graph_reads_app()) != first_client
@@ -493,16 +494,35 @@ def test_store_client_secret_flips_the_connection_to_the_new_secret(
 
     async def scenario() -> str:
         before = await client_secrets.graph_client_for(connection["id"])
-        await client_secrets.store_client_secret(connection["id"], new_secret)
+        rev = (await store.get_record(client_secrets.KIND, connection["id"])).credential_rev
+        await client_secrets.switch_client_secret(connection["id"], new_secret, from_rev=rev)
         after = await client_secrets.graph_client_for(connection["id"])
         assert after is not before
         fake_azure.remove_password(app, connection["keyId"])
         await after.applications_with_app_id(app.app_id).get()
-        return await client_secrets.read_client_secret(connection["id"])
+        return await read_client_secret(connection["id"])
 
     assert broker.run(scenario()) == new_secret
-    got = broker.run(client_secrets.get_connection(connection["id"]))
+    got = broker.run(store.get_record(client_secrets.KIND, connection["id"]))
     assert (got.id, got.method, got.client_id) == (connection["id"], "client-secret", app.app_id)
+
+
+def test_a_secret_switch_planned_from_an_older_revision_overwrites_nothing(
+    api: httpx.Client, fake_azure: Any, broker: ServerHandle, connection: dict[str, Any]
+) -> None:
+    """One writer per connection: a switch planned before a PATCH changed the credentials is refused."""
+    from core.connection_seam import RevisionMoved
+
+    _, stale_secret = fake_azure.add_password(connection["app"], display_name="stale")
+    rev = broker.run(store.get_record(client_secrets.KIND, connection["id"])).credential_rev
+    _, patched_secret = fake_azure.add_password(connection["app"], display_name="patched")
+    patched = api.patch(
+        f"{CS_PATH}/{connection['id']}", json={"credentials": {"clientSecret": patched_secret}}
+    )
+    assert patched.status_code == 200, patched.text
+    with pytest.raises(RevisionMoved):
+        broker.run(client_secrets.switch_client_secret(connection["id"], stale_secret, from_rev=rev))
+    assert broker.run(read_client_secret(connection["id"])) == patched_secret
 
 
 def test_concurrent_patches_one_wins_the_other_409(
@@ -688,6 +708,6 @@ def test_a_secret_store_failure_mid_write_changes_nothing(
     assert_problem(api.patch(url, json={"credentials": {"clientSecret": new_secret}}), 503)
     fake_azure.reset_faults()
     assert api.get(url).json() == before
-    assert broker.run(client_secrets.read_client_secret(connection["id"])) == connection["secret"]
+    assert broker.run(read_client_secret(connection["id"])) == connection["secret"]
     assert name not in [c["name"] for c in api.get(CS_PATH).json()["items"]]
     assert create(api, client_secret_body(name, tenant, app, secret)).status_code == 201  # name released

@@ -333,11 +333,12 @@ def test_callback_refuses_junk(anonymous: httpx.Client, params: dict[str, str]) 
     assert "<script>" not in page.text
 
 
-def test_bad_path_ids_are_404s(api: httpx.Client) -> None:
+def test_bad_path_ids_are_refused_before_any_lookup(api: httpx.Client) -> None:
     for base in (CS_PATH, DEVOPS_PATH):
-        assert_problem(api.get(f"{base}/{'x' * 65}"), 422)
+        assert_problem(api.get(f"{base}/{'x' * 65}"), 422, "connection_id")
         assert_problem(api.get(f"{base}/..%2F..%2Fx"), 404)
-        assert_problem(api.get(f"{base}/%00"), 422)  # a control character: issue 11, PathId
+        for bad in ("%00", "a%23b", "a%3Fb", "a%5Cb"):  # control character, #, ?, backslash
+            assert_problem(api.get(f"{base}/{bad}"), 422, "connection_id")
 
 
 def test_openapi_documents_each_method(anonymous: httpx.Client) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from rotation import cleanup
 from tests.harness import ServerHandle, assert_problem
 from tests.rotation_helpers import (
     BROKER_MARK,
@@ -351,7 +353,7 @@ def _audit(made: Connections, connection_id: str, action: str) -> list[dict[str,
 def _cleanup_entries(broker: ServerHandle) -> list[str]:
     from rotation import store
 
-    return [cid for cid, _ in broker.run(store.cleanups(limit=1000))]
+    return [e.connection_id for e in broker.run(store.cleanups(limit=1000))]
 
 
 def test_patching_a_new_secret_removes_the_broker_made_one(
@@ -404,12 +406,11 @@ def test_a_key_id_change_without_a_new_secret_is_refused_while_the_broker_secret
 @pytest.fixture
 def short_cleanup() -> Iterator[None]:
     """A removePassword that hangs gives up after half a second (the stand-in hangs for 2 s)."""
-    from rotation import rotator
 
-    saved = rotator.CLEANUP_TIMEOUT_SECONDS
-    rotator.CLEANUP_TIMEOUT_SECONDS = 0.5
+    saved = cleanup.CLEANUP_TIMEOUT_SECONDS
+    cleanup.CLEANUP_TIMEOUT_SECONDS = 0.5
     yield
-    rotator.CLEANUP_TIMEOUT_SECONDS = saved
+    cleanup.CLEANUP_TIMEOUT_SECONDS = saved
 
 
 @pytest.mark.parametrize("fault", ["503", "429", "timeout"])
@@ -445,6 +446,7 @@ def test_a_failed_removal_on_patch_is_tracked_and_finished_by_the_reconciler(
     assert rotation_row(broker, body["id"]).pending_removals() == [broker_key]
 
     fake_azure.reset_faults()
+    time.sleep(1.1)  # Graph's last Retry-After (1 s) has passed: the gateway holds this app's calls till then
     summary = broker.run(reconcile_rotations())
     assert summary.get("cleaned_up") == 1, summary
     assert {k.lower() for k in app.key_ids()} == {new_key_id}

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from core import clock
+from rotation import azure_steps, cleanup, runs
 from tests.harness import ServerHandle
 from tests.rotation_helpers import (
     PREFIX,
@@ -49,12 +50,11 @@ def made(api: httpx.Client) -> Iterator[Connections]:
 @pytest.fixture
 def quick_verify() -> Iterator[None]:
     """Keep replication waits short in tests (the stand-in's delay is set to 1-2 s)."""
-    from rotation import rotator
 
-    saved = rotator.VERIFY_TIMEOUT_SECONDS, rotator.VERIFY_FIRST_DELAY_SECONDS
-    rotator.VERIFY_FIRST_DELAY_SECONDS = 0.25
+    saved = azure_steps.VERIFY_TIMEOUT_SECONDS, azure_steps.VERIFY_FIRST_DELAY_SECONDS
+    azure_steps.VERIFY_FIRST_DELAY_SECONDS = 0.25
     yield
-    rotator.VERIFY_TIMEOUT_SECONDS, rotator.VERIFY_FIRST_DELAY_SECONDS = saved
+    azure_steps.VERIFY_TIMEOUT_SECONDS, azure_steps.VERIFY_FIRST_DELAY_SECONDS = saved
 
 
 def addpassword_count(fake: Any, app: RotatingApp) -> int:
@@ -63,9 +63,8 @@ def addpassword_count(fake: Any, app: RotatingApp) -> int:
 
 def _manual(broker: ServerHandle, connection_id: str) -> Any:
     from core.audit import SYSTEM
-    from rotation import rotator
 
-    return broker.run(rotator.rotate_now(connection_id, SYSTEM, trigger="manual"))
+    return broker.run(runs.rotate_now(connection_id, SYSTEM, trigger="manual"))
 
 
 def test_timer_rotates_the_due_connection_and_not_the_other(
@@ -166,12 +165,11 @@ def test_a_secret_that_never_works_is_rolled_back_and_retried_with_backoff(
     quick_verify: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from rotation import rotator
 
     app = make_app(fake_azure)
     body = made.create(app)
     old_key = body["rotation"]["clientSecretKeyId"]
-    rotator.VERIFY_TIMEOUT_SECONDS = 1.0
+    azure_steps.VERIFY_TIMEOUT_SECONDS = 1.0
     fake_azure.set_replication_delay(30)
     caplog.set_level(logging.WARNING)
 
@@ -342,9 +340,7 @@ def test_a_crash_during_a_failing_graph_leaves_a_working_secret(
         record = await rotator.begin(record, SYSTEM, "manual", move_due=True)
         return await rotator.advance(record)
 
-    from rotation import rotator as machine
-
-    machine.VERIFY_TIMEOUT_SECONDS = 1.0
+    azure_steps.VERIFY_TIMEOUT_SECONDS = 1.0
     broker.run(added())
     clock.advance(timedelta(minutes=6))
     # The app's tenant cannot issue tokens (the new secret cannot be verified), and Graph fails
@@ -422,18 +418,19 @@ def test_dangling_index_entries_are_dropped_only_when_old(broker: ServerHandle) 
 
 def _switch_secret(broker: ServerHandle, fake_azure: Any, app: RotatingApp, connection_id: str) -> str:
     """What a PATCH of a new client secret (with its Key ID) does, through the same services."""
-    from connections.client_secrets import ConnectionChanges, get_connection, update_connection
+    from connections import client_secrets, lifecycle
+    from connections.kinds import ConnectionChanges
     from core.audit import SYSTEM
-    from rotation.service import RotationSettings, configure_rotation
+    from rotation.service import RotationSettings
 
     new_key_id, new_secret = fake_azure.add_password(app.app, display_name="replaced by hand")
     settings = RotationSettings.model_validate({"enabled": True, "clientSecretKeyId": new_key_id})
 
     async def patch() -> None:
         changes = ConnectionChanges(credentials={"clientSecret": new_secret})
-        await update_connection(connection_id, changes, SYSTEM, rotation_key_id=new_key_id.lower())
-        connection = await get_connection(connection_id)
-        await configure_rotation(connection, settings, SYSTEM, on_create=False, secret_changed=True)
+        await lifecycle.update(
+            client_secrets.SPEC, connection_id, changes, SYSTEM, if_match=None, extension=settings
+        )
 
     broker.run(patch())
     return new_key_id.lower()
@@ -446,7 +443,6 @@ def _lower_keys(app: RotatingApp) -> set[str]:
 def test_a_crash_between_the_intent_and_remove_password_is_finished_by_the_reconciler(
     made: Connections, fake_azure: Any, broker: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rotation import rotator
 
     app = make_app(fake_azure)
     body = made.create(app)
@@ -455,7 +451,7 @@ def test_a_crash_between_the_intent_and_remove_password_is_finished_by_the_recon
     async def dying(record: Any, caller: Any) -> Any:
         raise Crash("after the row listed the Key ID, before removePassword")
 
-    monkeypatch.setattr(rotator, "remove_retired", dying)
+    monkeypatch.setattr(cleanup, "remove_retired", dying)
     with pytest.raises(Crash):
         _switch_secret(broker, fake_azure, app, body["id"])
     monkeypatch.undo()
@@ -524,7 +520,7 @@ def test_dangling_cleanup_entries_are_dropped_only_when_old(broker: ServerHandle
     ghost = str(uuid.uuid4())
 
     def listed() -> bool:
-        return ghost in [cid for cid, _ in broker.run(store.cleanups(limit=1000))]
+        return ghost in [e.connection_id for e in broker.run(store.cleanups(limit=1000))]
 
     broker.run(store.mark_cleanup(ghost))
     run_reconciler(broker)

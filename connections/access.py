@@ -1,0 +1,27 @@
+"""What connections offer the rest of the broker, registered in core.connection_seam at start-up.
+
+Rotation (and later secret rotations and destinations) reach a connection only through this:
+its facts, a Graph client acting as it, and the one conditional switch of its client secret.
+"""
+
+from __future__ import annotations
+
+from connections import client_secrets, lifecycle, store
+from core.azure_credentials import AppAccess
+from core.connection_seam import ConnectionFacts, provide_access
+
+_SPECS = {client_secrets.KIND: client_secrets.SPEC}
+
+
+class _Access:
+    async def facts(self, kind: str, connection_id: str) -> ConnectionFacts:
+        return lifecycle.facts_of(_SPECS[kind], await store.get_record(kind, connection_id))
+
+    async def app_access(self, kind: str, connection_id: str) -> AppAccess:
+        return await client_secrets.app_access(await store.get_record(kind, connection_id))
+
+    async def switch_client_secret(self, kind: str, connection_id: str, secret: str, *, from_rev: str) -> str:
+        return await client_secrets.switch_client_secret(connection_id, secret, from_rev=from_rev)
+
+
+provide_access(_Access())

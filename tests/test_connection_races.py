@@ -1,0 +1,205 @@
+"""Regression tests for issue 11's connection and rotation defects: a refused request changes
+nothing, one writer per connection, and nothing left behind when a delete races a rotation.
+
+Each pauses the broker at the racing point with the stand-in (a `delay` fault holds one Azure
+request while the test acts), so the interleaving is the same on every run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import ServerHandle, assert_problem
+from tests.rotation_helpers import (
+    BROKER_MARK,
+    PREFIX,
+    Connections,
+    assert_validates,
+    create_body,
+    current_secret,
+    make_app,
+    pending_vault_secrets,
+    rotation_block,
+    rotation_row,
+)
+
+HOLD_SECONDS = 3.0
+
+
+@pytest.fixture
+def made(api: httpx.Client) -> Iterator[Connections]:
+    connections = Connections(api)
+    yield connections
+    connections.cleanup()
+
+
+def _in_background(call: Callable[[], httpx.Response]) -> tuple[threading.Thread, list[httpx.Response]]:
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(call()), daemon=True)
+    thread.start()
+    return thread, answers
+
+
+def _wait_for_request(fake: Any, service: str, pattern: str, method: str, seen: int) -> None:
+    """Until the stand-in has received one more matching request than `seen` (it is being held)."""
+    deadline = time.monotonic() + 20
+    while fake.request_count(service, pattern, method) <= seen:
+        assert time.monotonic() < deadline, f"no {method} {pattern} arrived"
+        time.sleep(0.02)
+
+
+def test_delete_with_a_stale_if_match_is_412_and_changes_nothing(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    stale = api.get(f"{PREFIX}/{body['id']}").headers["ETag"]
+    assert api.patch(f"{PREFIX}/{body['id']}", json={"description": "moved on"}).status_code == 200
+    before = {c.key_id for c in app.passwords()}
+
+    assert_problem(api.delete(f"{PREFIX}/{body['id']}", headers={"If-Match": stale}), 412)
+
+    assert {c.key_id for c in app.passwords()} == before, "the app's secrets are untouched"
+    assert api.get(f"{PREFIX}/{body['id']}").json()["rotation"]["enabled"] is True
+    assert rotation_row(broker, body["id"]) is not None
+    assert_validates(broker, body["id"])
+
+
+def test_rotate_now_during_delete_leaves_nothing_behind(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    # A hand-made broker-marked secret nothing tracks (e.g. a lost addPassword answer of long ago).
+    fake_azure.add_password(app.app, display_name=f"{BROKER_MARK} untracked")
+    removals = fake_azure.request_count("graph", "removePassword", "POST")
+    fake_azure.inject("graph", "delay", path_pattern="removePassword", seconds=HOLD_SECONDS)
+
+    deleting, answers = _in_background(lambda: api.delete(f"{PREFIX}/{body['id']}"))
+    _wait_for_request(fake_azure, "graph", "removePassword", "POST", removals)
+    rotated = api.post(f"{PREFIX}/{body['id']}/rotate")
+    deleting.join(30)
+
+    assert answers, "the DELETE answered"
+    assert answers[0].status_code == 204, answers[0].text
+    assert_problem(rotated, 409)
+    assert app.broker_keys() == [], [(c.key_id, c.display_name) for c in app.passwords()]
+    assert pending_vault_secrets(fake_azure) == []
+    assert rotation_row(broker, body["id"]) is None
+    assert_problem(api.get(f"{PREFIX}/{body['id']}"), 404)
+
+
+def test_patch_of_the_client_secret_racing_a_rotation_never_locks_the_connection_out(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    new_key, new_secret = fake_azure.add_password(app.app, display_name="replaced by hand")
+    patch = {
+        "credentials": {"clientSecret": new_secret},
+        "rotation": {"enabled": True, "clientSecretKeyId": new_key},
+    }
+    # Hold the PATCH just after it wrote the connection row (deleting the previous secret's name).
+    deletes = fake_azure.request_count("keyvault", r"/secrets/", "DELETE")
+    fake_azure.inject("keyvault", "delay", path_pattern=r"/secrets/", method="DELETE", seconds=HOLD_SECONDS)
+
+    patching, answers = _in_background(lambda: api.patch(f"{PREFIX}/{body['id']}", json=patch))
+    _wait_for_request(fake_azure, "keyvault", r"/secrets/", "DELETE", deletes)
+    rotated = api.post(f"{PREFIX}/{body['id']}/rotate")
+    patching.join(60)
+
+    assert answers, "the PATCH answered"
+    assert rotated.status_code in (200, 409), rotated.text
+    if rotated.status_code == 409:
+        assert answers[0].status_code == 200, answers[0].text
+        assert current_secret(broker, body["id"]) == new_secret
+    # Whoever won, the connection's stored secret is on the app and signs in.
+    matched = fake_azure.state.check_secret(app.app, current_secret(broker, body["id"]))
+    assert matched is not None, "the connection's secret was removed from the app"
+    assert_validates(broker, body["id"])
+    shown = api.get(f"{PREFIX}/{body['id']}").json()["rotation"]
+    assert shown["clientSecretKeyId"] == matched.key_id.lower()
+    assert api.post(f"{PREFIX}/{body['id']}/rotate").status_code == 200  # and it still rotates
+    assert_validates(broker, body["id"])
+
+
+def test_a_lost_add_password_answer_creates_no_second_secret(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    app = make_app(fake_azure)
+    body = made.create(app)
+    working = current_secret(broker, body["id"])
+    added = fake_azure.request_count("graph", "addPassword", "POST")
+    fake_azure.inject("graph", "lost", path_pattern="addPassword")  # Graph adds it; the answer is lost
+
+    failed = api.post(f"{PREFIX}/{body['id']}/rotate")
+
+    assert_problem(failed, 502)
+    assert fake_azure.request_count("graph", "addPassword", "POST") == added + 1, "never sent twice"
+    assert len(app.broker_keys()) == 1, "the adopted secret was removed, the working one kept"
+    assert current_secret(broker, body["id"]) == working
+    assert_validates(broker, body["id"])
+    assert api.post(f"{PREFIX}/{body['id']}/rotate").status_code == 200
+    assert len(app.broker_keys()) == 1
+    assert_validates(broker, body["id"])
+
+
+def test_a_rotation_step_never_outlives_its_claim(
+    made: Connections, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """An Azure call under a claim is cut at the claim's end; what it may still do is undone later."""
+    from core import clock
+    from core.audit import SYSTEM
+    from rotation import rotator, store
+    from tests.rotation_helpers import assert_one_working_broker_secret, run_timer
+
+    app = make_app(fake_azure)
+    body = made.create(app)
+    record = broker.run(store.load(body["id"]))
+    record = broker.run(rotator.begin(record, SYSTEM, "manual", move_due=True))
+    clock.advance(rotator.STUCK_AFTER - timedelta(seconds=2))  # the claim ends in 2 s
+    fake_azure.inject("graph", "delay", path_pattern="addPassword", seconds=8)  # Azure answers in 8 s
+
+    started = time.monotonic()
+    record = broker.run(rotator.run(record))
+
+    assert time.monotonic() - started < 6, "the step was cut at its claim's end, not after Azure answered"
+    assert record.status == "failed"
+    assert record.step == "planned", "the unknown outcome stays recorded for the takeover"
+    deadline = time.monotonic() + 20
+    while len(app.broker_keys()) < 2:  # the held addPassword lands after the claim ended
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    clock.advance(timedelta(minutes=6))
+    assert run_timer(broker).get("resumed") == 1  # the takeover removes what landed, then rotates
+    assert_one_working_broker_secret(fake_azure, broker, app, body["id"])
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [({"timeZone": "Europe"}, "rotation.timeZone"), ({"timeZone": "Mars/Olympus"}, "rotation.timeZone")],
+)
+def test_a_time_zone_that_is_not_a_zone_is_a_422(
+    api: httpx.Client, fake_azure: Any, override: dict[str, str], field: str
+) -> None:
+    app = make_app(fake_azure)
+    answer = api.post(PREFIX, json=create_body(app, rotation_block(app, **override)))
+    assert_problem(answer, 422, field)
+
+
+def test_a_300_character_name_is_a_422_naming_it(api: httpx.Client, fake_azure: Any) -> None:
+    app = make_app(fake_azure)
+    assert_problem(api.post(PREFIX, json=create_body(app, None, name="n" * 300)), 422, "name")
+    devops = {
+        "name": "d" * 300,
+        "method": "access-token",
+        "credentials": {"accessToken": "x", "orgName": "o"},
+    }
+    assert_problem(api.post("/api/v1/app-connections/azure-devops", json=devops), 422, "name")
