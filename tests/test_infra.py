@@ -304,7 +304,7 @@ def test_state_tables_follow_the_code() -> None:
         for source in (ROOT / package).rglob("*.py"):
             constants |= set(
                 re.findall(
-                    r'^[A-Z_]*TABLE[A-Z_]*\s*(?::\s*\w+)?\s*=\s*"([A-Za-z][A-Za-z0-9]*)"',
+                    r'^\s*[A-Z_]*TABLE[A-Z_]*\s*(?::\s*[\w\[\]]+)?\s*=\s*"([A-Za-z][A-Za-z0-9]*)"',
                     source.read_text(),
                     re.M,
                 )
