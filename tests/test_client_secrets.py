@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connections import azure_errors, client_secrets, store
+from connections import client_secrets, store
+from core import azure_gateway
 from tests.azure_fake import make_self_signed_certificate
 from tests.conn_support import (
     CS_PATH,
@@ -38,7 +39,7 @@ def tenant(fake_azure: Any) -> Any:
 @pytest.fixture
 def fast_deadline(monkeypatch: pytest.MonkeyPatch) -> float:
     """Azure steps give up after 1 s (the server runs in this process), so timeouts test quickly."""
-    monkeypatch.setattr(azure_errors, "STEP_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(azure_gateway, "DEFAULT_BUDGET_SECONDS", 1.0)
     return 1.0
 
 
