@@ -1,6 +1,6 @@
 """The lease defects of issue 11, each replayed deterministically against the stand-in and Azurite.
 
-A race is replayed by pausing the broker at the racing point: a store function is wrapped so
+A race is replayed by pausing the broker at the racing point: a storage function is wrapped so
 the request stops there (on the server's loop) until the test lets it go, while the other
 request runs. Throttling is replayed with the stand-in's 429 + Retry-After faults.
 """
@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from core import clock
-from leases import revoking, store, sweeper
+from core import clock, records
+from leases import records as lease_rows
+from leases import revoking, sweeper
+from leases.records import DynamicSecret, LeaseClaim
 from tests.harness import ServerHandle, assert_problem
 from tests.test_leases_support import EntraSetup, create_dynamic_secrets, entra_setup, lease, lease_row
 
@@ -78,7 +80,7 @@ def test_deleting_while_a_lease_is_being_created_is_refused_and_the_lease_stays_
     name = one_secret(api, setup)
     user = setup.users[0]
     pause = Pause()  # the create holds the user's claim; its lease row is not written yet
-    monkeypatch.setattr(store, "write_intent", pause.wrap(store.write_intent))
+    monkeypatch.setattr(lease_rows, "write_intent", pause.wrap(lease_rows.write_intent))
     creating = background(pool, lambda: api.post(f"{URL}/{name}/leases", json={}))
     pause.wait()
     assert_problem(api.delete(f"{URL}/{name}"), 409)  # was: 204, and the create went on
@@ -99,15 +101,15 @@ def test_a_create_that_read_a_dynamic_secret_deleted_before_its_claim_stops(
 ) -> None:
     name = one_secret(api, setup)
     user = setup.users[0]
-    pause = Pause(when=lambda _name, lease_id: not str(lease_id).startswith("(deleting)"))
-    monkeypatch.setattr(store, "insert_claim", pause.wrap(store.insert_claim))
+    pause = Pause(when=lambda record: isinstance(record, LeaseClaim) and not record.deleting)
+    monkeypatch.setattr(records, "insert", pause.wrap(records.insert))
     creating = background(pool, lambda: api.post(f"{URL}/{name}/leases", json={}))
     pause.wait()  # the create has read the dynamic secret, not claimed the user yet
     assert api.delete(f"{URL}/{name}").status_code == 204
     pause.release()
     assert_problem(creating.result(30), 404)
     assert setup.password_changes(user.id) == 0  # no password was set for a deleted dynamic secret
-    assert broker.run(store.get_claim(name)) is None  # and nothing is left holding the name
+    assert broker.run(lease_rows.get_claim(name)) is None  # and nothing is left holding the name
 
 
 # ---------------------------------------------------------------------------- PATCH vs PATCH
@@ -126,18 +128,18 @@ def test_concurrent_secret_patches_leave_only_the_winners_secret_in_the_vault(
     _, first = fake_azure.add_password(setup.app, display_name="first")
     _, second = fake_azure.add_password(setup.app, display_name="second")
     gates = {first: Pause(), second: Pause()}
-    original = store.replace_dynamic_secret
+    original = records.replace
 
-    async def replace(row: Any, data: dict[str, Any]) -> Any:
+    async def replace(record: Any) -> Any:
         from core.secret_store import secret_store
 
-        value = await secret_store().get(str(data["credentialRef"]))
-        gate = gates[value]
-        gate.reached.set()
-        await asyncio.to_thread(gate.released.wait, 30)
-        return await original(row, data)
+        if isinstance(record, DynamicSecret):
+            gate = gates[await secret_store().get(record.credential_ref)]
+            gate.reached.set()
+            await asyncio.to_thread(gate.released.wait, 30)
+        return await original(record)
 
-    monkeypatch.setattr(store, "replace_dynamic_secret", replace)
+    monkeypatch.setattr(records, "replace", replace)
     winner = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": first}))
     gates[first].wait()  # the first has written its secret and read the row's ETag
     loser = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": second}))
