@@ -18,7 +18,7 @@ from core.auth import Caller
 from core.azure_failure import AzureFailure
 from core.errors import Conflict, FieldError, Unprocessable
 from core.tables import ConcurrencyConflict, RowExists
-from leases import provider
+from leases import provider, secret_copies
 from leases import records as lease_rows
 from leases.models import (
     TERMINAL,
@@ -28,7 +28,7 @@ from leases.models import (
     DynamicSecretUpdate,
     LeaseStatus,
 )
-from leases.records import DELETING, DynamicSecret, LeaseClaim, UserClaim
+from leases.records import DELETING, DynamicSecret, LeaseClaim, SecretIntent, UserClaim
 from leases.revoking import revoke_lease
 from leases.service import abandoned, azure_problem, check_ttls, dynamic_secret
 
@@ -180,9 +180,8 @@ async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> D
     now = clock.now()
     plan = [(name, user, uuid.uuid4().hex) for name, user in zip(names, users, strict=True)]
     claimed: list[UserClaim] = []
-    written_secrets: list[str] = []
+    intents: list[SecretIntent] = []
     inserted: list[DynamicSecret] = []
-    from core.secret_store import secret_store
 
     try:
         for name, user, ds_id in plan:
@@ -194,10 +193,9 @@ async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> D
                     "(one dynamic secret per user)",
                     extra={"dynamicSecretName": held.detail},
                 ) from None
-        refs = [secret_ref(ds_id) for _, _, ds_id in plan]
-        written_secrets.extend(refs)  # before writing: a partial failure is undone too (delete is idempotent)
-        await asyncio.gather(*(secret_store().set(ref, secret) for ref in refs))
-        for (name, user, ds_id), ref in zip(plan, refs, strict=True):
+        intents.extend(await secret_copies.announce([secret_ref(ds_id) for _, _, ds_id in plan]))
+        await secret_copies.write(intents, secret)
+        for (name, user, ds_id), intent in zip(plan, intents, strict=True):
             ds = DynamicSecret(
                 name=name,
                 id=ds_id,
@@ -208,14 +206,14 @@ async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> D
                 user_principal_name=user.user_principal_name,
                 default_ttl=body.default_ttl,
                 max_ttl=body.max_ttl,
-                credential_ref=ref,
+                credential_ref=intent.ref,
                 created_at=now,
                 updated_at=now,
                 created_by=caller.id,
             )
             try:
-                inserted.append(await records.insert(ds))
-            except RowExists:
+                inserted.append(await secret_copies.commit_insert(ds, intent))
+            except ConcurrencyConflict:
                 raise Conflict(
                     f"the dynamic secret name {name!r} (derived for {user.user_principal_name}) is taken; "
                     "use another prefix",
@@ -224,9 +222,8 @@ async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> D
                 ) from None
     except BaseException:
         for ds in inserted:
-            await records.delete(ds)
-        for ref in written_secrets:
-            await secret_store().delete(ref)
+            await records.delete(ds, conditional=False)
+        await secret_copies.discard(intents)
         for user_claim in claimed:
             await records.delete(user_claim)
         raise
@@ -251,8 +248,6 @@ async def update_dynamic_secret(name: str, body: DynamicSecretUpdate, caller: Ca
     A new secret is written under a new store name before the row (ETag) points at it: the
     loser of two concurrent PATCHes deletes its own copy, the winner the one it replaced.
     """
-    from core.secret_store import secret_store
-
     ds = await dynamic_secret(name)
     if body.default_ttl is None and body.max_ttl is None and body.client_secret is None:
         raise Unprocessable(
@@ -265,25 +260,27 @@ async def update_dynamic_secret(name: str, body: DynamicSecretUpdate, caller: Ca
         for k, new, old in (("defaultTtl", default_ttl, ds.default_ttl), ("maxTtl", max_ttl, ds.max_ttl))
         if new != old
     ]
-    new_ref = None
-    if body.client_secret is not None:
+    update = {"default_ttl": default_ttl, "max_ttl": max_ttl, "updated_at": clock.now()}
+    if body.client_secret is None:
+        try:
+            updated = await records.replace(ds.model_copy(update=update))
+        except ConcurrencyConflict:
+            raise _changed() from None
+    else:
         secret = body.client_secret.get_secret_value()
         await _check_new_secret(ds, secret)
-        new_ref = secret_ref(ds.id)
-        await secret_store().set(new_ref, secret)
         changed.append("clientSecret")
-    update = {"default_ttl": default_ttl, "max_ttl": max_ttl, "updated_at": clock.now()}
-    try:
-        updated = await records.replace(
-            ds.model_copy(update={**update, "credential_ref": new_ref or ds.credential_ref})
-        )
-    except ConcurrencyConflict:
-        if new_ref is not None:
-            await secret_store().delete(new_ref)
-        raise Conflict("the dynamic secret changed meanwhile; read it and try again") from None
-    if new_ref is not None:
-        await secret_store().delete(ds.credential_ref)
-        provider.forget_secret(ds.credential_ref)
+        intents = await secret_copies.announce([secret_ref(ds.id)], replaces=ds.credential_ref)
+        updated = ds.model_copy(update={**update, "credential_ref": intents[0].ref})
+        try:
+            await secret_copies.write(intents, secret)
+            committed = await secret_copies.commit_replace(updated, intents[0])
+        except BaseException as error:
+            await secret_copies.discard(intents)
+            if isinstance(error, ConcurrencyConflict):
+                raise _changed() from None
+            raise
+        await secret_copies.retire(committed)
     await audit.record(
         caller, "dynamic_secret.update", "dynamic-secret", name, detail="changed " + ", ".join(changed)
     )
@@ -348,6 +345,10 @@ async def delete_dynamic_secret(name: str, caller: Caller) -> None:
     await records.delete(ds, conditional=False)
     await records.delete(marker, conditional=False)
     await audit.record(caller, "dynamic_secret.delete", "dynamic-secret", name)
+
+
+def _changed() -> Conflict:
+    return Conflict("the dynamic secret changed meanwhile; read it and try again")
 
 
 def _being_created(name: str, lease_id: str) -> Conflict:

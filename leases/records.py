@@ -40,6 +40,7 @@ from leases.models import LeaseStatus
 SHARDS = tuple(f"s{c}" for c in "0123456789abcdef")
 ACTIVE = "active"
 DELETING = "(deleting)"  # claim marker of a dynamic secret being deleted
+INTENT_PREFIX = "~intent_"  # secret intents in the `ds` partition sort after every name
 
 IndexKind = Literal["due", "intent", "purge"]
 
@@ -71,6 +72,35 @@ class DynamicSecret(Record):
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
+
+
+class SecretIntent(Record):
+    """A copy of an app's client secret written to the secret store and not yet referenced.
+
+    It lives in the `ds` partition next to the dynamic secret rows (RowKey `~intent_{time}_{ref}`
+    sorts after every name), so a create commits the row and deletes the intent in one
+    transaction and a PATCH commits the row and marks the intent `committed` in one: an intent
+    still `pending` after RECONCILE_AFTER belongs to a writer that died, and the reconciler
+    takes it (ETag) and deletes the copy; a `committed` one still has `replaces` to delete.
+    """
+
+    TABLE: ClassVar[str] = "DynamicSecrets"
+    PK_FIELD: ClassVar[str] = "partition"
+    RK_FIELD: ClassVar[str] = "key"
+
+    partition: str = "ds"
+    key: str
+    ref: str
+    replaces: str | None = None
+    state: Literal["pending", "taken", "committed"] = "pending"
+    created_at: datetime
+
+    @classmethod
+    def new(cls, ref: str, replaces: str | None = None) -> SecretIntent:
+        now = clock.now()
+        return cls(
+            key=f"{INTENT_PREFIX}{clock.isoformat(now)}_{ref}", ref=ref, replaces=replaces, created_at=now
+        )
 
 
 class UserClaim(Record):
@@ -201,8 +231,18 @@ async def get_claim(name: str) -> LeaseClaim | None:
 
 
 async def list_dynamic_secrets(limit: int) -> list[DynamicSecret]:
-    rows = await tables.partition(DynamicSecret.TABLE, "ds", limit=limit)
-    return [DynamicSecret.from_row(row) for row in rows]
+    """Dynamic secrets by name (the partition's secret intents sort after them and are left out)."""
+    flt = "PartitionKey eq 'ds' and RowKey lt @intents"
+    query = tables.query(DynamicSecret.TABLE, flt, {"intents": INTENT_PREFIX}, limit=limit)
+    return [DynamicSecret.from_row(row) async for row in query]
+
+
+async def secret_intents(until: datetime, limit: int) -> list[SecretIntent]:
+    """Secret intents written at or before `until`, oldest first."""
+    flt = "PartitionKey eq 'ds' and RowKey gt @lo and RowKey lt @hi"
+    params = {"lo": INTENT_PREFIX, "hi": f"{INTENT_PREFIX}{clock.isoformat(until)}~"}
+    query = tables.query(SecretIntent.TABLE, flt, params, limit=limit)
+    return [SecretIntent.from_row(row) async for row in query]
 
 
 async def list_leases(name: str, ds_id: str, limit: int, status: LeaseStatus | None) -> list[Lease]:

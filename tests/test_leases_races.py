@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from core import clock, records
+from leases import reconciler, revoking, secret_copies, sweeper
 from leases import records as lease_rows
-from leases import revoking, sweeper
 from leases.records import DynamicSecret, LeaseClaim
+from leases.service import RECONCILE_AFTER
 from tests.harness import ServerHandle, assert_problem
 from tests.test_leases_support import EntraSetup, create_dynamic_secrets, entra_setup, lease, lease_row
 
@@ -128,18 +129,19 @@ def test_concurrent_secret_patches_leave_only_the_winners_secret_in_the_vault(
     _, first = fake_azure.add_password(setup.app, display_name="first")
     _, second = fake_azure.add_password(setup.app, display_name="second")
     gates = {first: Pause(), second: Pause()}
-    original = records.replace
+    original = records.batch
 
-    async def replace(record: Any) -> Any:
+    async def commit(operations: Any) -> Any:  # the ETag write that switches the row to a new copy
         from core.secret_store import secret_store
 
-        if isinstance(record, DynamicSecret):
-            gate = gates[await secret_store().get(record.credential_ref)]
-            gate.reached.set()
-            await asyncio.to_thread(gate.released.wait, 30)
-        return await original(record)
+        for _, record in operations:
+            if isinstance(record, DynamicSecret):
+                gate = gates[await secret_store().get(record.credential_ref)]
+                gate.reached.set()
+                await asyncio.to_thread(gate.released.wait, 30)
+        return await original(operations)
 
-    monkeypatch.setattr(records, "replace", replace)
+    monkeypatch.setattr(records, "batch", commit)
     winner = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": first}))
     gates[first].wait()  # the first has written its secret and read the row's ETag
     loser = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": second}))
@@ -228,3 +230,70 @@ def test_a_429_from_one_tenant_does_not_pause_the_sweep_of_another(
     assert max(done) - started < 2.0  # not held back by the other tenant's 3 s Retry-After
     assert time.time() - started >= 3.0  # while the throttled tenant waited it out
     assert all(lease_row(broker, lease_id)["status"] == "revoked" for lease_id in fast)
+
+
+# ---------------------------------------------------------------------------- a dynamic secret writer dies
+
+
+def vault_copies(fake_azure: Any) -> set[str]:
+    with fake_azure.state.lock:
+        return {name for name in fake_azure.state.secrets if name.startswith("dynsecret-")}
+
+
+def test_a_create_that_dies_after_writing_the_secret_copy_leaves_none_behind(
+    api: httpx.Client,
+    setup: EntraSetup,
+    fake_azure: Any,
+    broker: ServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: Any,
+) -> None:
+    before = vault_copies(fake_azure)
+    pause = Pause(when=lambda operations: any(isinstance(r, DynamicSecret) for _, r in operations))
+    monkeypatch.setattr(records, "batch", pause.wrap(records.batch))
+    creating = background(pool, lambda: api.post(URL, json=setup.body(users=[setup.users[0].id])))
+    pause.wait()  # the copy is in the vault, its row is not written: the process dies here
+    assert len(vault_copies(fake_azure) - before) == 1
+    assert broker.run(reconciler.reconcile_leases()).get("secrets_removed", 0) == 0  # too recent to judge
+    clock.advance(RECONCILE_AFTER + timedelta(seconds=1))
+    assert broker.run(reconciler.reconcile_leases()).get("secrets_removed") == 1
+    assert vault_copies(fake_azure) == before  # was: the copy stayed, referenced by nothing
+
+    pause.release()  # the writer was only slow: it cannot record a row pointing at the removed copy
+    assert_problem(creating.result(30), 503)
+    assert_problem(api.get(f"{URL}/{setup.prefix}-user1"), 404)
+    assert vault_copies(fake_azure) == before
+    created = create_dynamic_secrets(api, setup, users=[setup.users[0].id])  # the user is free again
+    assert lease(api, created[0]["name"])["lease"]["status"] == "active"
+
+
+def test_a_patch_that_dies_after_switching_the_secret_leaves_only_the_new_copy(
+    api: httpx.Client,
+    setup: EntraSetup,
+    fake_azure: Any,
+    broker: ServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: Any,
+) -> None:
+    name = one_secret(api, setup)
+    old = broker.run(records.get(DynamicSecret, "ds", name))
+    assert old is not None
+    _, new_secret = fake_azure.add_password(setup.app, display_name="next")
+    pause = Pause()  # the row points at the new copy; the replaced one is not deleted yet
+    retire = secret_copies.retire
+    monkeypatch.setattr(secret_copies, "retire", pause.wrap(retire))
+    patching = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": new_secret}))
+    pause.wait()  # ... and the process dies here
+    switched = broker.run(records.get(DynamicSecret, "ds", name))
+    assert switched is not None
+    assert switched.credential_ref != old.credential_ref
+    assert {old.credential_ref, switched.credential_ref} <= vault_copies(fake_azure)
+    clock.advance(RECONCILE_AFTER + timedelta(seconds=1))
+    monkeypatch.setattr(secret_copies, "retire", retire)  # the reconciler's own call is not paused
+    assert broker.run(reconciler.reconcile_leases()).get("secrets_retired") == 1
+    assert old.credential_ref not in vault_copies(fake_azure)  # was: kept, referenced by nothing
+    assert switched.credential_ref in vault_copies(fake_azure)
+    pause.release()
+    assert patching.result(30).status_code == 200  # a late finish deletes nothing more
+    assert switched.credential_ref in vault_copies(fake_azure)
+    assert setup.signs_in(setup.users[0].user_principal_name, lease(api, name)["credentials"]["password"])

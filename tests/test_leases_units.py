@@ -138,3 +138,62 @@ def test_ttl_consistency() -> None:
         with pytest.raises(Unprocessable) as raised:
             service.check_ttls(default, maximum)
         assert raised.value.errors[0].field == field
+
+
+def test_rows_written_before_typed_records_still_read() -> None:
+    """Older rows hold TTLs as the API's text and repeat their keys as properties."""
+    from core.tables import Row
+    from leases.records import DynamicSecret, Lease
+
+    ds = DynamicSecret.from_row(
+        Row(
+            "DynamicSecrets",
+            "ds",
+            "ops-jane",
+            {
+                "id": "d1",
+                "prefix": "ops",
+                "tenantId": "t",
+                "applicationId": "a",
+                "userId": "u",
+                "userPrincipalName": "jane@example.com",
+                "defaultTtl": "1h30m",
+                "maxTtl": "4h",
+                "credentialRef": "dynsecret-d1-client-secret",
+                "createdAt": "2026-11-23T10:00:00Z",
+                "updatedAt": "2026-11-23T10:00:00Z",
+            },
+            "etag-1",
+        )
+    )
+    assert (ds.default_ttl, ds.max_ttl) == (timedelta(hours=1, minutes=30), timedelta(hours=4))
+    assert ds.to_data()["defaultTtl"] == 5400  # written back as seconds
+    lease_id = lease_rows.new_lease_id("ops-jane")
+    at = "2026-11-23T10:00:00Z"
+    lease = Lease.from_row(
+        Row(
+            "Leases",
+            "ops-jane",
+            lease_id,
+            {
+                "leaseId": lease_id,
+                "dynamicSecretName": "ops-jane",
+                "dynamicSecretId": "d1",
+                "tenantId": "t",
+                "applicationId": "a",
+                "credentialRef": "r",
+                "userId": "u",
+                "userPrincipalName": "jane@example.com",
+                "status": "revoke_failed",
+                "createdAt": at,
+                "expiresAt": at,
+                "maxExpiresAt": at,
+                "nextAttemptAt": at,
+                "dueKey": f"due_{at}_{lease_id}",
+                "attempts": 2,
+            },
+        )
+    )
+    assert (lease.id, lease.dynamic_secret_name, lease.attempts) == (lease_id, "ops-jane", 2)
+    assert lease.next_attempt_at == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert {"leaseId", "dynamicSecretName"}.isdisjoint(lease.to_data())
