@@ -21,6 +21,8 @@ from leases import records as lease_rows
 from leases.records import DynamicSecret, SecretIntent
 from leases.service import RECONCILE_AFTER
 
+WRITES_AT_ONCE = 8  # a 100-user create must not open 100 connections at once
+
 
 def _store() -> Any:
     from core.secret_store import secret_store
@@ -30,7 +32,13 @@ def _store() -> Any:
 
 async def announce(refs: Sequence[str], replaces: str | None = None) -> list[SecretIntent]:
     """Record the intents before any copy is written (with their ETags, for the commit)."""
-    return list(await asyncio.gather(*(records.insert(SecretIntent.new(ref, replaces)) for ref in refs)))
+    gate = asyncio.Semaphore(WRITES_AT_ONCE)
+
+    async def insert(ref: str) -> SecretIntent:
+        async with gate:
+            return await records.insert(SecretIntent.new(ref, replaces))
+
+    return list(await asyncio.gather(*(insert(ref) for ref in refs)))
 
 
 async def write(intents: Sequence[SecretIntent], secret: str) -> None:
