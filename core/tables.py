@@ -179,18 +179,25 @@ async def insert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
 async def replace(row: Row, data: Mapping[str, Any] | None = None) -> Row:
     """Write `row` back (or `data` in its place) only if nobody changed it since it was read.
 
-    The SDK does not repeat it (a repeat of a write that landed would read as a lost race); if the
-    answer is lost the row is read back: holding our data, it landed; still at the ETag we read, it
-    did not, and is sent once more under the same ETag; otherwise someone else won.
+    A transport layer may repeat a PUT whose answer was lost (aiohttp does so once on a reused
+    connection), and the repeat of a write that landed is refused as a lost race; so a refusal or a
+    lost answer is settled by reading back: a row holding exactly our data is our write. A lost
+    answer with the row still at the ETag we read did not land, and is sent once more under it.
     """
-    from azure.core.exceptions import (
-        HttpResponseError,
-        ResourceNotFoundError,
-    )
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
     from azure.data.tables import UpdateMode
 
     client = await _client(row.table)
     new = dict(row.data if data is None else data)
+
+    async def settle(lost: bool) -> Row | None:
+        current = await get(row.table, row.pk, row.rk)
+        if current is not None and _holds(current, new):
+            return Row(row.table, row.pk, row.rk, new, current.etag)
+        if lost and current is not None and current.etag == row.etag:
+            return None
+        raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} changed meanwhile")
+
     for attempt in (1, 2):
         _note("replace")
         try:
@@ -202,17 +209,17 @@ async def replace(row: Row, data: Mapping[str, Any] | None = None) -> Row:
         except ResourceNotFoundError:
             raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} was deleted meanwhile") from None
         except TablesUnavailable:
-            current = await get(row.table, row.pk, row.rk)
-            if current is not None and _holds(current, new):
-                return Row(row.table, row.pk, row.rk, new, current.etag)
-            if current is None or current.etag != row.etag:
-                raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} changed meanwhile") from None
+            settled = await settle(lost=True)
+            if settled is not None:
+                return settled
             if attempt == 2:
                 raise
         except HttpResponseError as error:
-            if error.status_code in (409, 412):
-                raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} changed meanwhile") from None
-            raise
+            if error.status_code not in (409, 412):
+                raise
+            settled = await settle(lost=False)
+            assert settled is not None
+            return settled
     raise AssertionError("unreachable")  # pragma: no cover
 
 
