@@ -159,5 +159,6 @@ def test_table_storage_unreachable_on_a_create_route_is_a_503_problem(
     problem = assert_problem(response, 503)
     assert response.headers["Retry-After"] == str(table_transport.RETRY_AFTER_SECONDS)
     assert problem["type"].endswith("#unavailable")
+    assert "Table Storage" in problem["detail"]
     assert token not in response.text
     assert proxy.dropped  # the broker did try Table Storage
