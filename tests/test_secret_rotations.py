@@ -274,3 +274,36 @@ def test_destinations_get_the_secret_before_it_is_current_and_hold_back_removal(
     assert synced.json()["status"] == "scheduled"
     assert synced.json()["destinations"][0]["status"] == "synced"
     assert setup.broker_keys(rid) == {fourth["currentKeyId"], fourth["previousKeyId"]}
+
+
+@pytest.mark.usefixtures("destination_hosts")
+def test_the_reconciler_repairs_a_drifted_destination(setup: Setup, broker: ServerHandle) -> None:
+    from pydantic import SecretStr
+
+    from rotation.destinations import KeyVaultDestination, SecretToDeliver
+    from rotation.destinations import key_vault as kv
+    from rotation.secret_engine import access_for
+
+    fake = setup.fake
+    vault = fake.add_vault(f"apps-{uuid.uuid4().hex[:6]}", setup.rotated.tenant)
+    fake.grant_vault(vault, setup.rotated.app, "Key Vault Secrets Officer")
+    dest = KeyVaultDestination(
+        type="key-vault",
+        vault_url=fake.vault_url(vault.name),
+        secret_name="web-secret",
+        connection_id=setup.connection_id,
+    )
+    created = setup.create(destinations=[dest.model_dump(mode="json", by_alias=True)])
+    rid = created["id"]
+    assert run_reconciler(broker).get("repaired", 0) == 0  # nothing drifted yet
+
+    async def tamper() -> None:  # someone sets another value by hand
+        other = SecretToDeliver(SecretStr("not-the-rotated-one"), "by-hand", setup.target.app_id, clock.now())
+        await kv.deliver(dest, await access_for(dest), other)
+
+    broker.run(tamper())
+    summary = run_reconciler(broker)
+    assert summary.get("repaired", 0) == 1, summary
+    [state] = setup.get(rid)["destinations"]
+    assert state["status"] == "synced"
+    assert state["lastSyncedKeyId"] == created["currentKeyId"]
