@@ -88,8 +88,16 @@ def setup(fake_azure: Any, api: httpx.Client, broker: ServerHandle) -> Iterator[
 
 @pytest.fixture
 def destination_hosts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The stand-in serves every vault and store on 127.0.0.1 (DESTINATION_HOSTS as tests set it)."""
+    """The stand-in serves every vault and store on 127.0.0.1 (DESTINATION_HOSTS as tests set it).
+
+    The Key Vault SDK caches each host's auth challenge (its tenant) process-wide; real vaults each
+    have their own host, but the stand-in's share one, so a vault of another tenant seen earlier in
+    the session would send our token request to that tenant. Start from an empty cache."""
+    from azure.keyvault.secrets._shared import http_challenge_cache
+
     from core.settings import get_settings
+
+    http_challenge_cache.clear()
 
     monkeypatch.setenv("DESTINATION_HOSTS", "127.0.0.1:*")
     get_settings.cache_clear()
