@@ -31,19 +31,33 @@ def build_api() -> FastAPI:
     from connections import oauth_routes, routes
     from leases import routes as lease_routes
     from rotation import routes as rotation_routes
+    from rotation import secret_routes
 
-    return create_app([*routes.routers(), oauth_routes.router, rotation_routes.router, lease_routes.router])
+    return create_app(
+        [
+            *routes.routers(),
+            oauth_routes.router,
+            rotation_routes.router,
+            secret_routes.router,
+            lease_routes.router,
+        ]
+    )
 
 
 http = LazyApp(build_api)
 
-ROTATION = Job("rotation", "ROTATION_SCHEDULE", ["rotation.timer:rotate_due_connections"])
+ROTATION = Job(
+    "rotation",
+    "ROTATION_SCHEDULE",
+    ["rotation.timer:rotate_due_connections", "rotation.timer:rotate_due_secret_rotations"],
+)
 LEASE_EXPIRY = Job("lease_expiry", "EXPIRY_SWEEP_SCHEDULE", ["leases.sweeper:sweep_expired_leases"])
 RECONCILE = Job(
     "reconcile",
     "RECONCILE_SCHEDULE",
     [
         "rotation.reconciler:reconcile_rotations",
+        "rotation.secret_runs:reconcile_secret_rotations",
         "leases.reconciler:reconcile_leases",
         "leases.reconciler:purge_old_leases",
     ],

@@ -6,7 +6,9 @@ its facts, a Graph client acting as it, and the one conditional switch of its cl
 
 from __future__ import annotations
 
-from connections import client_secrets, lifecycle, store
+from collections.abc import Awaitable, Callable
+
+from connections import client_secrets, devops, lifecycle, store
 from core.azure_credentials import AppAccess
 from core.connection_seam import ConnectionFacts, provide_access
 
@@ -22,6 +24,14 @@ class _Access:
 
     async def switch_client_secret(self, kind: str, connection_id: str, secret: str, *, from_rev: str) -> str:
         return await client_secrets.switch_client_secret(connection_id, secret, from_rev=from_rev)
+
+    async def devops_authorization(self, connection_id: str) -> tuple[str, Callable[[], Awaitable[str]]]:
+        record = await store.get_record(devops.KIND, connection_id)
+
+        async def authorization() -> str:
+            return await devops._authorization(record)  # the one way a stored DevOps connection signs
+
+        return record.org_name or "", authorization
 
 
 provide_access(_Access())

@@ -52,6 +52,10 @@ class ConnectionAccess(Protocol):
         `RevisionMoved` if another writer changed the credentials (nothing is overwritten).
         """
 
+    async def devops_authorization(self, connection_id: str) -> tuple[str, Callable[[], Awaitable[str]]]:
+        """An Azure DevOps connection's organization and a source of its Authorization header
+        (a NotFound problem if there is no such connection); destinations write with it."""
+
 
 @dataclass(frozen=True)
 class UpdatePlan:

@@ -61,6 +61,7 @@ param stateTableNames array = [
   'OAuthStates'
   'Rotations'
   'RotationDue'
+  'SecretRotations'
   'DynamicSecrets'
   'DynamicSecretUsers'
   'Leases'

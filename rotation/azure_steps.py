@@ -166,9 +166,11 @@ async def remove_password(record: RotationRecord, key_id: str) -> None:
     except AzureFailure as error:
         if error.status not in (400, 404):
             raise
-        # Graph refuses to remove an unknown key id; make sure that is why.
-        connection = await facts(record.connection_id)
-        app = await get_application(record.connection_id, connection.client_id)
+        # Graph refuses to remove an unknown key id; make sure that is why (on the app rotated).
+        from rotation.flavours import flavour_of
+
+        _, client_id = await flavour_of(record).app_of(record)
+        app = await get_application(record.connection_id, client_id)
         if any(str(c.key_id).lower() == key_id.lower() for c in app.password_credentials or []):
             raise
 

@@ -21,7 +21,8 @@ from rotation.azure_steps import (
     graph_status,
     remove_password,
 )
-from rotation.rotator import DISPLAY_PREFIX, RESOURCE, STUCK_AFTER, in_flight, pending_name
+from rotation.flavours import CONNECTION, DISPLAY_PREFIX
+from rotation.rotator import STUCK_AFTER, in_flight, pending_name
 from rotation.store import RotationRecord
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ async def remove_retired(record: RotationRecord, caller: Caller) -> RotationReco
         await audit.record(
             caller,
             "rotation.cleanup",
-            RESOURCE,
+            CONNECTION.resource,
             record.connection_id,
             detail=f"removedKeyIds={','.join(removed)}",
         )
@@ -99,7 +100,7 @@ async def remove_retired(record: RotationRecord, caller: Caller) -> RotationReco
         await audit.record(
             caller,
             "rotation.cleanup",
-            RESOURCE,
+            CONNECTION.resource,
             record.connection_id,
             result="failure",
             detail=f"pendingRemovalKeyIds={','.join(sorted(failed))} (the reconciler retries): {message}",
@@ -197,7 +198,7 @@ async def forget(connection_id: str, client_id: str) -> None:
         await audit.record(
             audit.SYSTEM,
             "rotation.forget",
-            RESOURCE,
+            CONNECTION.resource,
             connection_id,
             result="failure",
             detail=f"broker-made client secrets may remain on the app (Key IDs {left}): {message}",

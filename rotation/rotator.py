@@ -26,14 +26,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, cast
 
-from core import audit, azure_gateway, clock, events, tables
+from core import audit, azure_gateway, clock, tables
 from core.azure_failure import AzureFailure
-from core.connection_seam import RevisionMoved, access
 from core.errors import Conflict, NotFound
 from core.secret_store import SecretMissing, secret_name, secret_store
 from rotation import schedule, store
 from rotation.azure_steps import (
-    KIND,
     MAX_ERROR,
     RotationError,
     add_password,
@@ -43,6 +41,7 @@ from rotation.azure_steps import (
     remove_password,
     verify_secret,
 )
+from rotation.flavours import CONNECTION, Superseded, flavour_of
 from rotation.store import RotationRecord
 
 if TYPE_CHECKING:
@@ -53,11 +52,6 @@ log = logging.getLogger(__name__)
 Step = Literal["planned", "added", "verified", "stored"]
 Trigger = Literal["create", "schedule", "manual"]
 
-RESOURCE = "azure-client-secrets-connection"  # rotation is audited as the connection's events
-DISPLAY_PREFIX = "azure-credential-broker"  # the broker's marker on every password it adds
-# A new secret lives until the next planned rotation plus this margin, so that a few failed
-# attempts (alerted on) do not let it expire, and a forgotten one does not live forever.
-END_DATE_GRACE = timedelta(days=14)
 # A rotation whose step has not moved for this long belongs to a worker that died.
 STUCK_AFTER = timedelta(minutes=5)
 
@@ -86,14 +80,10 @@ def in_flight(record: RotationRecord, now: datetime | None = None) -> bool:
     return azure_gateway.takeover_at(claim_until(record)) > (now or clock.now())
 
 
-class Superseded(RotationError):
-    """The connection's credentials changed (a PATCH) after this run planned: it must not switch."""
-
-
 def pending_name(record: RotationRecord) -> str:
     """The secret-store name of the new secret of this run (one name per run, deleted after)."""
     assert record.run_id
-    return secret_name("rotation", record.connection_id, f"pending-{record.run_id}")
+    return secret_name("rotation", record.subject_id, f"pending-{record.run_id}")
 
 
 # ---------------------------------------------------------------- the steps
@@ -121,9 +111,9 @@ def _plan(record: RotationRecord, caller: Caller, trigger: Trigger) -> None:
     record.actor_id, record.actor_name = caller.id, caller.name
     record.old_key_id = record.client_secret_key_id
     record.new_key_id = None
-    record.new_display_name = f"{DISPLAY_PREFIX} {clock.isoformat(now)} {record.run_id}"
-    planned_next = _next_slot(record, now) or now + timedelta(days=record.interval_days or 30)
-    record.new_end_at = clock.isoformat(planned_next + END_DATE_GRACE)
+    flavour = flavour_of(record)
+    record.new_display_name = flavour.display_name(record, now)
+    record.new_end_at = clock.isoformat(flavour.end_of(record, now, _next_slot(record, now)))
 
 
 def _clear_run(record: RotationRecord) -> None:
@@ -149,29 +139,15 @@ async def advance(record: RotationRecord) -> RotationRecord:
         record.pending_secret = secret
         return await _save_step(record, "added")
     if step == "added":
-        connection = await facts(record.connection_id)
+        tenant_id, client_id = await flavour_of(record).app_of(record)
         secret = await _pending_secret(record)
-        await verify_secret(connection.tenant_id, connection.client_id, secret)
+        await verify_secret(tenant_id, client_id, secret)
         return await _save_step(record, "verified")
     if step == "verified":
-        # One writer per connection: the switch is conditional on the connection's credential
-        # revision this run planned from; a PATCH that changed it meanwhile wins (RevisionMoved).
-        try:
-            record.connection_rev = await access().switch_client_secret(
-                KIND,
-                record.connection_id,
-                await _pending_secret(record),
-                from_rev=record.connection_rev or "",
-            )
-        except RevisionMoved:
-            raise Superseded(
-                "the connection's credentials changed during the rotation (a PATCH); the new secret is "
-                "removed and the connection keeps the one it was given"
-            ) from None
+        await flavour_of(record).make_current(record, await _pending_secret(record))
         return await _save_step(record, "stored")
     if step == "stored":
-        if record.old_key_id and record.old_key_id != record.new_key_id:
-            await remove_password(record, record.old_key_id)
+        await flavour_of(record).retire(record)
         await secret_store().delete(pending_name(record))
         return await _finish(record)
     raise RotationError(f"unknown rotation step {step!r}")
@@ -191,8 +167,8 @@ async def _finish(record: RotationRecord) -> RotationRecord:
     now = clock.now()
     trigger, new_key, old_key = record.trigger, record.new_key_id, record.old_key_id
     actor = _actor(record)
-    record.client_secret_key_id = new_key or record.client_secret_key_id
-    record.broker_owned = True
+    flavour = flavour_of(record)
+    flavour.finish(record)
     record.last_rotated_at = clock.isoformat(now)
     upcoming = _next_slot(record, now) if record.enabled else None
     record.next_rotation_at = clock.isoformat(upcoming) if upcoming else None
@@ -202,13 +178,7 @@ async def _finish(record: RotationRecord) -> RotationRecord:
     record.last_error = None
     _clear_run(record)
     record = await _conclude(record, now, actor, "success", f"newKeyId={new_key} removedKeyId={old_key}")
-    events.emit(
-        "rotation.succeeded",
-        connectionId=record.connection_id,
-        trigger=trigger,
-        keyId=new_key,
-        nextRotationAt=record.next_rotation_at,
-    )
+    flavour.succeeded(record, trigger, new_key)
     return record
 
 
@@ -222,8 +192,8 @@ async def _conclude(
     await audit.record(
         actor,
         "rotation.rotate",
-        RESOURCE,
-        record.connection_id,
+        flavour_of(record).resource,
+        record.subject_id,
         result,
         detail=f"trigger={trigger} {detail}",
     )
@@ -246,8 +216,8 @@ async def rollback(record: RotationRecord) -> RotationRecord:
     Does not save: the caller records the outcome.
     """
     assert record.step in ("planned", "added", "verified"), record.step
-    connection = await facts(record.connection_id)
-    app = await get_application(record.connection_id, connection.client_id)
+    _, client_id = await flavour_of(record).app_of(record)
+    app = await get_application(record.connection_id, client_id)
     doomed = {
         str(c.key_id).lower()
         for c in app.password_credentials or []
@@ -277,7 +247,8 @@ async def _connection_gone(connection_id: str) -> bool:
 async def _fail(record: RotationRecord, error: BaseException) -> RotationRecord:
     """Record a failed attempt: roll back if still allowed, back off, audit, emit a warning."""
     step = record.step
-    if isinstance(error, NotFound) and await _connection_gone(record.connection_id):
+    own = flavour_of(record) is CONNECTION
+    if own and isinstance(error, NotFound) and await _connection_gone(record.connection_id):
         # The connection was deleted under us (e.g. a create rolled back): nothing left to rotate.
         log.warning("rotation of %s dropped: the connection no longer exists", record.connection_id)
         await store.remove(record)
@@ -314,16 +285,7 @@ async def _fail(record: RotationRecord, error: BaseException) -> RotationRecord:
     record = await _conclude(
         record, now, actor, "failure", f"step={step} rolledBack={rolled_back} error={message}"
     )
-    events.emit(
-        "rotation.failed",
-        level=logging.WARNING,
-        connectionId=record.connection_id,
-        trigger=trigger,
-        step=step,
-        error=message,
-        failures=record.failures,
-        retryAt=record.next_rotation_at,
-    )
+    flavour_of(record).failed(record, trigger, step, message, record.failures)
     return record
 
 
@@ -353,15 +315,7 @@ async def begin(
     """
     if record.step:
         raise Conflict("a rotation of this connection is in flight", code="rotation-in-flight")
-    current = (await facts(record.connection_id)).credential_rev
-    if record.connection_rev is None:
-        record.connection_rev = current  # a row written before the one-writer rule
-    elif record.connection_rev != current:
-        raise Conflict(
-            "the connection's credentials changed and its rotation settings are being updated; "
-            "try again in a moment",
-            code="rotation-in-flight",
-        )
+    await flavour_of(record).check_begin(record)
     if trigger == "schedule" and record.slot_at is None:
         record.slot_at = record.next_rotation_at
     elif trigger != "schedule":

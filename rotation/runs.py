@@ -4,6 +4,7 @@ and the reconciler's takeover of a stuck one. The state machine itself is rotati
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -45,16 +46,27 @@ async def rotate_now(
     return await run(record)
 
 
-async def process_due(connection_id: str, index_key: str, now: datetime) -> str:
-    """The timer's work on one due index entry; returns what happened (for the job summary)."""
-    record = await store.load(connection_id)
+Loader = Callable[[str], Awaitable[RotationRecord | None]]
+
+
+async def process_due(
+    connection_id: str,
+    index_key: str,
+    now: datetime,
+    load: Loader = store.load,
+    partition: str = store.INDEX_PK,
+) -> str:
+    """The timer's work on one due index entry; returns what happened (for the job summary).
+
+    `load` and `partition` name the kind of row (a connection's rotation, or a secret rotation's)."""
+    record = await load(connection_id)
     current = store.index_key(record.next_rotation_at or "", connection_id) if record else None
     if record is None or not record.enabled or current != index_key:
         # Not (or no longer) the row's entry. A young one may belong to a write in progress
         # (index entry first, row second), so only entries older than STUCK_AFTER are dropped.
         entry_at = _parse(index_key.partition("_")[0])
         if entry_at is not None and entry_at < now - STUCK_AFTER:
-            await store.drop_index(index_key)
+            await store.drop_index(index_key, partition)
         return "stale"
     if in_flight(record, now):
         return "busy"
@@ -80,9 +92,9 @@ async def process_due(connection_id: str, index_key: str, now: datetime) -> str:
     return "failed" if record.status == "failed" else outcome
 
 
-async def recover_stuck(connection_id: str, now: datetime) -> str:
+async def recover_stuck(connection_id: str, now: datetime, load: Loader = store.load) -> str:
     """The reconciler's work on one connection: finish or undo a dead worker's rotation."""
-    record = await store.load(connection_id)
+    record = await load(connection_id)
     if record is None or not record.step or record.status != "rotating" or in_flight(record, now):
         return "ok"
     try:
@@ -100,7 +112,7 @@ async def _resume(record: RotationRecord) -> RotationRecord:
         events.emit(
             "reconcile.fixed",
             kind="rotation",
-            connectionId=record.connection_id,
+            connectionId=record.subject_id,
             fromStep=from_step,
             status=record.status,
         )

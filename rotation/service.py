@@ -31,13 +31,10 @@ CLIENT_SECRET_METHOD = "client-secret"  # noqa: S105 - a method name, not a secr
 Status = Literal["scheduled", "rotating", "failed", "disabled"]
 
 
-class RotationSettings(RequestModel):
-    """The `rotation` block of a create/PATCH body. On PATCH, omitted fields keep their value."""
+class ScheduleFields(RequestModel):
+    """The schedule of a rotation (a connection's, or a secret rotation's): every N days at a local
+    time in an IANA zone. One set of rules for both."""
 
-    enabled: bool
-    client_secret_key_id: UUID | None = Field(
-        default=None, description="Key ID (Secret ID) of the app's client secret the connection uses now"
-    )
     interval_days: int | None = Field(default=None, ge=1, le=365)
     rotate_at: str | None = Field(default=None, description="24-hour local time HH:MM", examples=["02:00"])
     time_zone: str = Field(default="UTC", description="IANA time zone, e.g. Europe/Berlin")
@@ -54,6 +51,15 @@ class RotationSettings(RequestModel):
     def _time_zone(cls, value: str) -> str:
         schedule.zone(value)
         return value
+
+
+class RotationSettings(ScheduleFields):
+    """The `rotation` block of a create/PATCH body. On PATCH, omitted fields keep their value."""
+
+    enabled: bool
+    client_secret_key_id: UUID | None = Field(
+        default=None, description="Key ID (Secret ID) of the app's client secret the connection uses now"
+    )
 
 
 class RotationView(ApiModel):
@@ -176,7 +182,7 @@ async def configure_rotation(
     same row write and then removed from the app (pending for the reconciler if that fails).
     """
     from rotation import azure_steps, cleanup, runs, store
-    from rotation.rotator import RESOURCE
+    from rotation.flavours import CONNECTION
 
     existing = None if on_create else await store.load(connection.id)
     if settings is None and secret_changed and existing is not None:
@@ -252,7 +258,7 @@ async def configure_rotation(
     await audit.record(
         caller,
         "rotation.configure",
-        RESOURCE,
+        CONNECTION.resource,
         connection.id,
         detail=f"enabled={record.enabled} intervalDays={record.interval_days} rotateAt={record.rotate_at} "
         f"timeZone={record.time_zone}",

@@ -82,6 +82,8 @@ class RotationRecord(records.Record):
     # before the removePassword that should remove them.
     pending_removal_key_ids: list[str] = Field(default_factory=list)
     index_key: str | None = None  # the RotationDue RowKey currently pointing at this row
+    # Where this kind of row is indexed in `RotationDue` (secret rotations use their own partition).
+    DUE_PARTITION: ClassVar[str] = INDEX_PK
     # The new secret while this process holds it (saves reading it back); never written to the table.
     _pending_secret: str | None = PrivateAttr(default=None)
 
@@ -104,6 +106,11 @@ class RotationRecord(records.Record):
 
     def set_pending_removals(self, key_ids: list[str] | set[str]) -> None:
         self.pending_removal_key_ids = sorted({k.lower() for k in key_ids if k})
+
+    @property
+    def subject_id(self) -> str:
+        """The id the row is indexed, audited and named by (the connection's, or a secret rotation's)."""
+        return self.connection_id
 
     def due_at(self) -> datetime | None:
         return datetime.fromisoformat(self.next_rotation_at) if self.next_rotation_at else None
@@ -140,7 +147,11 @@ INDEX_TABLE = DueEntry.TABLE
 def _wanted_index(record: RotationRecord) -> str | None:
     if not record.enabled or not record.next_rotation_at:
         return None
-    return index_key(record.next_rotation_at, record.connection_id)
+    return index_key(record.next_rotation_at, record.subject_id)
+
+
+def _entry(record: RotationRecord, key: str) -> DueEntry:
+    return DueEntry(partition=record.DUE_PARTITION, key=key, connection_id=record.subject_id)
 
 
 async def load(connection_id: str) -> RotationRecord | None:
@@ -151,7 +162,7 @@ async def create(record: RotationRecord) -> RotationRecord:
     """Insert a new rotation row (and its index entry first); `RowExists` if it exists."""
     wanted = _wanted_index(record)
     if wanted:
-        await records.upsert(DueEntry(key=wanted, connection_id=record.connection_id))
+        await records.upsert(_entry(record, wanted))
     record.index_key = wanted
     return _keep_secret(record, await records.insert(record))
 
@@ -164,7 +175,7 @@ async def save(record: RotationRecord) -> RotationRecord:
     old_index = record.index_key
     wanted = _wanted_index(record)
     if wanted and wanted != old_index:
-        await records.upsert(DueEntry(key=wanted, connection_id=record.connection_id))
+        await records.upsert(_entry(record, wanted))
     record.index_key = wanted
     try:
         saved = _keep_secret(record, await records.replace(record))
@@ -172,7 +183,7 @@ async def save(record: RotationRecord) -> RotationRecord:
         record.index_key = old_index
         raise
     if old_index and old_index != wanted:
-        await drop_index(old_index)
+        await drop_index(old_index, record.DUE_PARTITION)
     return saved
 
 
@@ -185,7 +196,7 @@ async def remove(record: RotationRecord) -> None:
     """Delete the row (only if unchanged since read) and its index entries."""
     await records.delete(record)
     if record.index_key:
-        await drop_index(record.index_key)
+        await drop_index(record.index_key, record.DUE_PARTITION)
     if record.pending_removals():
         await unmark_cleanup(record.connection_id)
 
@@ -206,13 +217,13 @@ async def cleanups(*, limit: int) -> list[CleanupEntry]:
     return [CleanupEntry.from_row(row) async for row in rows]
 
 
-async def due(now: datetime, *, limit: int) -> list[DueEntry]:
+async def due(now: datetime, *, limit: int, partition: str = INDEX_PK) -> list[DueEntry]:
     """The index entries due at `now`, oldest first, reading only those."""
     bound = f"{clock.isoformat(now)}_{_HIGH}"
     rows = tables.query(
         INDEX_TABLE,
         "PartitionKey eq @pk and RowKey le @bound",
-        {"pk": INDEX_PK, "bound": bound},
+        {"pk": partition, "bound": bound},
         select=["PartitionKey", "RowKey", "connectionId"],
         page_size=min(limit, 1000),
         limit=limit,
@@ -220,6 +231,6 @@ async def due(now: datetime, *, limit: int) -> list[DueEntry]:
     return [DueEntry.from_row(row) async for row in rows]
 
 
-async def drop_index(key: str) -> None:
+async def drop_index(key: str, partition: str = INDEX_PK) -> None:
     """Delete an index entry that no longer matches its row."""
-    await records.delete(DueEntry(key=key), conditional=False)
+    await records.delete(DueEntry(partition=partition, key=key), conditional=False)

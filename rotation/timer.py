@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import clock
+
+if TYPE_CHECKING:
+    from rotation.runs import Loader
 
 # At most this many connections per run (the rest are due in the next run, a minute later),
 # and this many rotations at once (each may wait up to a minute on Entra replication), so a
@@ -23,16 +26,29 @@ CONCURRENCY = 10
 
 async def rotate_due_connections() -> dict[str, Any]:
     """Rotate the due connections; a summary of what happened to each due entry."""
+    from rotation import store
+
+    return await _rotate_due(store.INDEX_PK, store.load)
+
+
+async def rotate_due_secret_rotations() -> dict[str, Any]:
+    """Rotate the due secret rotations (their own partition of the index, the same engine)."""
+    from rotation import secret_engine, secret_records  # noqa: F401 - registers the flavour
+
+    return await _rotate_due(secret_records.DUE_PARTITION, secret_records.load)
+
+
+async def _rotate_due(partition: str, load: Loader) -> dict[str, Any]:
     from rotation import runs, store
 
     now = clock.now()
-    entries = await store.due(now, limit=MAX_PER_RUN)
+    entries = await store.due(now, limit=MAX_PER_RUN, partition=partition)
     outcomes: Counter[str] = Counter()
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def one(index_key: str, connection_id: str) -> None:
+    async def one(index_key: str, subject_id: str) -> None:
         async with gate:
-            outcomes[await runs.process_due(connection_id, index_key, now)] += 1
+            outcomes[await runs.process_due(subject_id, index_key, now, load, partition)] += 1
 
     await asyncio.gather(*(one(entry.key, entry.connection_id) for entry in entries))
     return {"due": len(entries), **dict(sorted(outcomes.items()))}
