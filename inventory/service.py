@@ -93,7 +93,8 @@ async def list_inventory(
         params["none"] = ""
     if token is not None:
         after_pk, after_rk = decode_token(token)
-        filters.append("(PartitionKey gt @apk or (PartitionKey eq @apk and RowKey gt @ark))")
+        # Spaces around the parentheses: the SDK substitutes `@name` only as a whole word.
+        filters.append("( PartitionKey gt @apk or ( PartitionKey eq @apk and RowKey gt @ark ) )")
         params.update(apk=after_pk, ark=after_rk)
     query = " and ".join(filters) or "PartitionKey ne ''"
     rows = [row async for row in tables.query(InventoryEntry.TABLE, query, params, limit=limit + 1)]
