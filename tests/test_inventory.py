@@ -275,6 +275,16 @@ def test_expiring_events_once_per_credential_per_day_and_two_runs_at_once_scan_o
         api.get(INVENTORY, params={"connectionId": connection_id}),
     )
 
+    # A deleted connection's rows go with it on the next run.
+    assert api.delete(f"{PREFIX}/{connection_id}").status_code == 204
+    later(61)
+    run_inventory(broker)
+    assert api.get(INVENTORY, params={"connectionId": connection_id}).json() == {
+        "items": [],
+        "scans": [],
+        "continuationToken": None,
+    }
+
 
 def test_a_claim_held_by_another_instance_is_left_until_it_can_be_taken_over(
     api: httpx.Client, broker: ServerHandle, fake_azure: Any, made: Connections
@@ -306,3 +316,24 @@ def test_bad_filters_are_422_naming_the_parameter(api: httpx.Client) -> None:
 def test_the_inventory_is_for_readers(as_role: Any, anonymous: httpx.Client) -> None:
     assert anonymous.get(INVENTORY).status_code == 401
     assert as_role("Broker.Reader").get(INVENTORY).status_code == 200
+
+
+def test_throttling_is_waited_out_and_a_failing_graph_is_recorded_not_fatal(
+    api: httpx.Client, broker: ServerHandle, fake_azure: Any, made: Connections
+) -> None:
+    tenant = fake_azure.add_tenant()
+    connection_id, app, _ = connect(api, made, fake_azure, tenant, READ_ALL)
+    fake_azure.add_password(app, display_name="soon", end=datetime.now(UTC) + timedelta(days=2))
+    fake_azure.inject("graph", "429", count=1, path_pattern=r"/applications$", retry_after=1)
+    run_inventory(broker)
+    assert scan_of(api, connection_id)["status"] == "ok"
+    assert len(read_all(api, connectionId=connection_id)[0]) == 1
+
+    later()
+    fake_azure.inject("graph", "503", count=None, path_pattern=r"/applications$", retry_after=0)
+    summary = run_inventory(broker)  # does not raise: each connection's failure is its own outcome
+    assert summary["failed"] >= 1
+    failed = scan_of(api, connection_id)
+    assert failed["status"] == "failed"
+    assert "503" in failed["error"]
+    assert len(read_all(api, connectionId=connection_id)[0]) == 1  # the last known rows stay
