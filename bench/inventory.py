@@ -9,16 +9,13 @@ daily `credential.expiring` is recorded, so every row is written once).
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from bench.rotation import _environment, _PerTable
+from bench.rotation import _PerTable, with_stand_ins
 from bench.table import Table
 
 APPS = 250
@@ -129,18 +126,7 @@ async def _runs(fake: Any) -> list[Table]:
 
 
 def run() -> list[Table]:
-    from tests.azure_fake import start_fake_azure
-    from tests.azurite import start_azurite
-
-    with tempfile.TemporaryDirectory(prefix="bench-inventory-") as location:
-        azurite = start_azurite(Path(location), log_file=Path(location) / "azurite.log")
-        fake = start_fake_azure()
-        try:
-            _environment(fake, azurite)
-            return asyncio.run(_runs(fake))
-        finally:
-            fake.stop()
-            azurite.stop()
+    return with_stand_ins("inventory", _runs)
 
 
 if __name__ == "__main__":

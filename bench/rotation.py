@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -312,23 +313,27 @@ async def _due_among_many(fake: Any) -> list[Table]:
     ]
 
 
-def run() -> list[Table]:
+def with_stand_ins(name: str, main: Callable[[Any], Awaitable[list[Table]]]) -> list[Table]:
+    """Run `main(fake)` on a fresh Azurite and Azure stand-in, the broker wired as in Azure."""
     from tests.azure_fake import start_fake_azure
     from tests.azurite import start_azurite
 
-    with tempfile.TemporaryDirectory(prefix="bench-rotation-") as location:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as location:
         azurite = start_azurite(Path(location), log_file=Path(location) / "azurite.log")
         fake = start_fake_azure()
         try:
             _environment(fake, azurite)
-
-            async def main() -> list[Table]:
-                return [*await _one_rotation(fake), *await _due_among_many(fake)]
-
-            return asyncio.run(main())
+            return asyncio.run(main(fake))
         finally:
             fake.stop()
             azurite.stop()
+
+
+def run() -> list[Table]:
+    async def main(fake: Any) -> list[Table]:
+        return [*await _one_rotation(fake), *await _due_among_many(fake)]
+
+    return with_stand_ins("rotation", main)
 
 
 if __name__ == "__main__":

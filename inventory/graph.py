@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core import azure_gateway
+from inventory.models import CredentialType
 
 if TYPE_CHECKING:
     from core.azure_credentials import AppAccess
@@ -33,9 +34,9 @@ class Credential:
     app_id: str
     app_display_name: str
     key_id: str
-    type: str  # password | certificate
+    type: CredentialType
     display_name: str
-    end: datetime
+    end_date_time: datetime
 
 
 async def application_pages(access: AppAccess) -> AsyncIterator[list[dict[str, Any]]]:
@@ -86,7 +87,10 @@ def _end(value: object) -> datetime | None:
 def credentials_of(apps: Iterable[dict[str, Any]]) -> Iterable[Credential]:
     """The dated credentials of each app (a credential without an end date never expires)."""
     for app in apps:
-        kinds = (("password", app.get("passwordCredentials")), ("certificate", app.get("keyCredentials")))
+        kinds: tuple[tuple[CredentialType, Any], ...] = (
+            ("password", app.get("passwordCredentials")),
+            ("certificate", app.get("keyCredentials")),
+        )
         for kind, found in kinds:
             for credential in found or []:
                 end = _end(credential.get("endDateTime"))
@@ -99,5 +103,5 @@ def credentials_of(apps: Iterable[dict[str, Any]]) -> Iterable[Credential]:
                     key_id=str(credential["keyId"]).lower(),
                     type=kind,
                     display_name=str(credential.get("displayName") or ""),
-                    end=end,
+                    end_date_time=end,
                 )

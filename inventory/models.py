@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar, Literal
 
-from core import records
+from core import clock, records
 from core.models import ApiModel
 
 SCAN_PK = "scan"
@@ -69,6 +69,8 @@ class ScanRecord(records.Record):
 
 
 class CredentialItem(ApiModel):
+    """A row as the API shows it and as the `credential.expiring` event carries it."""
+
     connection_id: str
     tenant_id: str
     app_object_id: str
@@ -80,6 +82,27 @@ class CredentialItem(ApiModel):
     end_date_time: str
     expired: bool
     managed_by: str | None
+
+    @classmethod
+    def of(cls, entry: InventoryEntry) -> CredentialItem:
+        return cls(
+            **entry.model_dump(include=_SHOWN),
+            end_date_time=clock.isoformat(entry.end_date_time),
+            expired=entry.end_date_time <= clock.now(),
+            managed_by=entry.managed_by or None,
+        )
+
+
+_SHOWN = {
+    "connection_id",
+    "tenant_id",
+    "app_object_id",
+    "app_id",
+    "app_display_name",
+    "key_id",
+    "type",
+    "display_name",
+}
 
 
 class ScanView(ApiModel):

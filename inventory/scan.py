@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import asdict
 from datetime import timedelta
 
 from core import azure_gateway, clock, events, records, tables
@@ -21,7 +22,7 @@ from core.errors import Problem
 from core.settings import get_settings
 from core.tables import ConcurrencyConflict, RowExists
 from inventory import graph
-from inventory.models import SCAN_PK, InventoryEntry, ScanRecord
+from inventory.models import SCAN_PK, CredentialItem, InventoryEntry, ScanRecord
 
 log = logging.getLogger(__name__)
 
@@ -93,37 +94,18 @@ async def _list(
         pages += 1
         apps += len(page)
         for credential in graph.credentials_of(page):
-            if credential.end <= cutoff:
+            if credential.end_date_time <= cutoff:
                 found[credential.key_id] = InventoryEntry(
                     connection_id=facts.id,
-                    key_id=credential.key_id,
                     tenant_id=facts.tenant_id,
-                    app_object_id=credential.app_object_id,
-                    app_id=credential.app_id,
-                    app_display_name=credential.app_display_name,
-                    type="password" if credential.type == "password" else "certificate",
-                    display_name=credential.display_name,
-                    end_date_time=credential.end,
                     managed_by=managed.get(credential.key_id, ""),
+                    **asdict(credential),
                 )
     return pages, apps, found
 
 
 def _expiring_event(entry: InventoryEntry) -> None:
-    events.emit(
-        "credential.expiring",
-        tenantId=entry.tenant_id,
-        connectionId=entry.connection_id,
-        appId=entry.app_id,
-        appObjectId=entry.app_object_id,
-        appDisplayName=entry.app_display_name,
-        keyId=entry.key_id,
-        type=entry.type,
-        displayName=entry.display_name,
-        endDateTime=records.iso(entry.end_date_time),
-        expired=entry.end_date_time <= clock.now(),
-        managedBy=entry.managed_by or None,
-    )
+    events.emit("credential.expiring", **CredentialItem.of(entry).model_dump(by_alias=True))
 
 
 async def _write(

@@ -35,22 +35,6 @@ def decode_token(token: str) -> tuple[str, str]:
     return mark[0], mark[1]
 
 
-def _item(entry: InventoryEntry) -> CredentialItem:
-    return CredentialItem(
-        connection_id=entry.connection_id,
-        tenant_id=entry.tenant_id,
-        app_object_id=entry.app_object_id,
-        app_id=entry.app_id,
-        app_display_name=entry.app_display_name,
-        key_id=entry.key_id,
-        type=entry.type,
-        display_name=entry.display_name,
-        end_date_time=clock.isoformat(entry.end_date_time),
-        expired=entry.end_date_time <= clock.now(),
-        managed_by=entry.managed_by or None,
-    )
-
-
 def _scan_view(scan: ScanRecord) -> ScanView:
     return ScanView(
         connection_id=scan.connection_id,
@@ -101,7 +85,7 @@ async def list_inventory(
     entries = [InventoryEntry.from_row(row) for row in rows[:limit]]
     more = len(rows) > limit
     return InventoryPage(
-        items=[_item(entry) for entry in entries],
+        items=[CredentialItem.of(entry) for entry in entries],
         scans=await scans(connection_id),
         continuation_token=encode_token(entries[-1].connection_id, entries[-1].key_id) if more else None,
     )
