@@ -337,3 +337,30 @@ def test_throttling_is_waited_out_and_a_failing_graph_is_recorded_not_fatal(
     assert failed["status"] == "failed"
     assert "503" in failed["error"]
     assert len(read_all(api, connectionId=connection_id)[0]) == 1  # the last known rows stay
+
+
+def test_the_unmanaged_expiring_alert_reads_the_inventory_s_real_event_lines(
+    api: httpx.Client,
+    broker: ServerHandle,
+    fake_azure: Any,
+    made: Connections,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tests.kql import Evaluator, Table
+    from tests.test_infra import alert_rules
+
+    caplog.set_level(logging.INFO, logger="broker.events")
+    tenant = fake_azure.add_tenant()
+    connect(api, made, fake_azure, tenant, READ_ALL)
+    app = fake_azure.add_application(tenant, unique("expiring"))
+    for days in (3, 6, 20):  # two within the alert's 7 days, one only within the inventory's 30
+        fake_azure.add_password(
+            app, display_name=f"in {days} days", end=datetime.now(UTC) + timedelta(days=days)
+        )
+    run_inventory(broker)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("BROKER_EVENT ")]
+    rows = [{"timestamp": datetime.now(UTC), "message": line} for line in lines]
+    evaluator = Evaluator({"traces": Table(["timestamp", "message"], rows)}, now=datetime.now(UTC))
+    result = evaluator.run(alert_rules()["expiringUnmanaged"]["query"])
+    assert {"tenantId": tenant.id, "credentials": 2} in result.rows
+    assert evaluator.missing <= {"managedBy"}  # absent is how "nothing manages it" is written
