@@ -45,8 +45,10 @@ async def claim(connection_id: str, tenant_id: str, *, fresh_for: timedelta = FR
         if current.claim_until is not None:
             if now < azure_gateway.takeover_at(current.claim_until):
                 return None
-        elif current.last_scanned_at is not None and now - current.last_scanned_at < fresh_for:
-            return None
+        elif (
+            current.last_scanned_at is not None and timedelta(0) <= now - current.last_scanned_at < fresh_for
+        ):
+            return None  # (a scan time ahead of our clock is another instance's skew: scan again)
         return await records.replace(current.model_copy(update=update))
     except (RowExists, ConcurrencyConflict):
         return None

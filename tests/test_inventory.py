@@ -250,7 +250,11 @@ def test_expiring_events_once_per_credential_per_day_and_two_runs_at_once_scan_o
 
         return list(await asyncio.gather(scan_inventory(), scan_inventory()))
 
-    broker.run(twice())
+    fake_azure.reset_counters()
+    results = broker.run(twice())
+    scanned = sum(r.get(outcome, 0) for r in results for outcome in ("ok", "denied", "failed"))
+    assert sum(r.get("skipped", 0) for r in results) >= 1
+    assert fake_azure.request_count("graph", r"/applications$", "GET") == scanned  # each tenant listed once
     events = expiring_events(caplog, connection_id)
     assert sorted(e["keyId"] for e in events) == sorted([key_id.lower(), expired_key.lower()])
     assert {e["keyId"]: e["expired"] for e in events} == {key_id.lower(): False, expired_key.lower(): True}
