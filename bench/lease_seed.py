@@ -8,35 +8,39 @@ claims. Due entries go 100 per transaction per shard.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from core import tables
-from leases.store import ACTIVE, LEASE_INDEX_TABLE, LEASES_TABLE, index_entry, shard_of
+from core import records
+from core.records import BatchKind, Record
+from leases.records import IndexEntry, Lease, LeaseClaim
+
+Ops = list[tuple[BatchKind, Record]]
 
 
-async def seed_leases(leases: Iterable[tuple[str, dict[str, Any]]]) -> None:
+async def seed_leases(leases: Iterable[Lease]) -> None:
     """Write many active leases with batched writes."""
-    by_partition: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    by_shard: dict[str, list[tables.BatchOp]] = {}
-    for lease_id, data in leases:
-        by_partition.setdefault(str(data["dynamicSecretName"]), []).append((lease_id, data))
-        entry = index_entry(lease_id, str(data["createdAt"]))
-        shard = shard_of(lease_id)
-        by_shard.setdefault(shard, []).append(("create", shard, str(data["dueKey"]), entry, None))
-    batches: list[tuple[str, list[tables.BatchOp]]] = []
-    for name, rows in by_partition.items():
-        ops: list[tables.BatchOp] = [("create", name, lease_id, data, None) for lease_id, data in rows]
-        if len(rows) == 1:
-            lease_id, data = rows[0]
-            ops.append(("create", name, ACTIVE, {"leaseId": lease_id, "claimedAt": data["createdAt"]}, None))
-        batches.extend((LEASES_TABLE, ops[i : i + 100]) for i in range(0, len(ops), 100))
+    by_partition: dict[str, Ops] = {}
+    by_shard: dict[str, Ops] = {}
+    for lease in leases:
+        by_partition.setdefault(lease.pk, []).append(("create", lease))
+        due = IndexEntry.of("due", lease.expires_at, lease)
+        by_shard.setdefault(due.shard, []).append(("create", due))
+    batches: list[Ops] = []
+    for ops in by_partition.values():
+        only = ops[0][1]
+        if len(ops) == 1 and isinstance(only, Lease):
+            ops.append(("create", LeaseClaim(name=only.pk, lease_id=only.id, claimed_at=only.created_at)))
+        batches.extend(_chunks(ops))
     for ops in by_shard.values():
-        batches.extend((LEASE_INDEX_TABLE, ops[i : i + 100]) for i in range(0, len(ops), 100))
+        batches.extend(_chunks(ops))
     semaphore = asyncio.Semaphore(16)
 
-    async def run(table: str, ops: list[tables.BatchOp]) -> None:
+    async def run(ops: Ops) -> None:
         async with semaphore:
-            await tables.batch(table, ops)
+            await records.batch(ops)
 
-    await asyncio.gather(*(run(table, ops) for table, ops in batches))
+    await asyncio.gather(*(run(ops) for ops in batches))
+
+
+def _chunks(ops: Sequence[tuple[BatchKind, Record]]) -> list[Ops]:
+    return [list(ops[i : i + 100]) for i in range(0, len(ops), 100)]

@@ -30,12 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from bench.table import Table
 from core import tables
+
+if TYPE_CHECKING:
+    from leases.records import Lease
 
 Counts = dict[str, str]
 
@@ -203,8 +206,7 @@ async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> 
             name = f"bench-idle-{n // 100:04d}"  # filler: 100 per partition
             expires = now + timedelta(days=1 + n % 6, minutes=n % 1440)
             user = SimpleNamespace(id=str(uuid.uuid4()), user_principal_name=f"idle{n}@bench.example.com")
-        data = _lease_data(name, user, tenant_id, app_id, ref, expires)
-        leases.append((data["leaseId"], data))
+        leases.append(_lease(name, user, tenant_id, app_id, ref, expires))
     started = time.perf_counter()
     await seed_leases(leases)
     return time.perf_counter() - started
@@ -213,7 +215,7 @@ async def _seed(tenant_id: str, app_id: str, ref: str, due_users: list[Any]) -> 
 def _sweep(fake: Any, handle: Any) -> list[Table]:
     from core import clock
     from core.secret_store import secret_store
-    from leases import store, sweeper
+    from leases import revoking, sweeper
 
     tenant, app, secret, people = _tenant(fake, DUE)
     ref = "dynsecret-bench-seed-client-secret"
@@ -222,7 +224,7 @@ def _sweep(fake: Any, handle: Any) -> list[Table]:
     clock.advance(timedelta(hours=1, minutes=1))
     tables.stats.reset()
     started = time.perf_counter()
-    found = handle.run(store.index_entries("due", clock.now()))
+    found = handle.run(revoking.due_entries(clock.now(), TOTAL))
     index_s, index_read = time.perf_counter() - started, tables.stats.entities_read
     fake.set_graph_rate_limit(GRAPH_LIMIT)
     fake.reset_counters()
@@ -265,29 +267,29 @@ def _sweep(fake: Any, handle: Any) -> list[Table]:
     return [(title, ["measure", "value", "time / detail"], rows)]
 
 
-def _lease_data(name: str, user: Any, tenant_id: str, app_id: str, ref: str, expires: Any) -> dict[str, Any]:
+def _lease(name: str, user: Any, tenant_id: str, app_id: str, ref: str, expires: datetime) -> Lease:
     from core import clock
-    from leases import store
+    from leases.models import LeaseStatus
+    from leases.records import Lease, index_key, new_lease_id
 
     now = clock.now()
-    lease_id = store.new_lease_id(name)
-    return {
-        "leaseId": lease_id,
-        "dynamicSecretName": name,
-        "dynamicSecretId": name,
-        "tenantId": tenant_id,
-        "applicationId": app_id,
-        "credentialRef": ref,
-        "userId": user.id,
-        "userPrincipalName": user.user_principal_name,
-        "status": "active",
-        "createdAt": clock.isoformat(now),
-        "expiresAt": clock.isoformat(expires),
-        "maxExpiresAt": clock.isoformat(now + timedelta(days=7)),
-        "dueKey": store.index_key("due", clock.isoformat(expires), lease_id),
-        "attempts": 0,
-        "createdBy": "bench",
-    }
+    lease_id = new_lease_id(name)
+    return Lease(
+        id=lease_id,
+        dynamic_secret_name=name,
+        dynamic_secret_id=name,
+        tenant_id=tenant_id,
+        application_id=app_id,
+        credential_ref=ref,
+        user_id=user.id,
+        user_principal_name=user.user_principal_name,
+        status=LeaseStatus.ACTIVE,
+        created_at=now,
+        expires_at=expires,
+        max_expires_at=now + timedelta(days=7),
+        due_key=index_key("due", expires, lease_id),
+        created_by="bench",
+    )
 
 
 def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
@@ -295,17 +297,17 @@ def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
     from bench.lease_seed import seed_leases
     from core import clock
     from core.secret_store import secret_store
-    from leases import store, sweeper
+    from leases import sweeper
+    from leases.records import get_lease
 
     setups = [_tenant(fake, PER_TENANT) for _ in range(TENANTS)]
     expires = clock.now() + timedelta(hours=1)
-    leases: list[tuple[str, dict[str, Any]]] = []
+    leases: list[Lease] = []
     for t, (tenant, app, secret, people) in enumerate(setups):
         ref = f"dynsecret-bench-tenant{t}-client-secret"
         handle.run(secret_store().set(ref, secret))
         for n, user in enumerate(people):
-            data = _lease_data(f"bench-t{t}-{n:03d}", user, tenant.id, app.app_id, ref, expires)
-            leases.append((data["leaseId"], data))
+            leases.append(_lease(f"bench-t{t}-{n:03d}", user, tenant.id, app.app_id, ref, expires))
     handle.run(seed_leases(leases), timeout=600)
     clock.advance(timedelta(hours=1, minutes=1))
     for t, (tenant, *_) in enumerate(setups):
@@ -315,18 +317,18 @@ def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
     started = time.perf_counter()
     summary = handle.run(sweeper.sweep_expired_leases(), timeout=900)
     sweep_s = time.perf_counter() - started
-    rows = [handle.run(store.get_lease(lease_id)) for lease_id, _ in leases]
+    rows = [handle.run(get_lease(lease.id)) for lease in leases]
     for tenant, *_ in setups:
         fake.set_graph_rate_limit(None, tenant=tenant)
     clock.reset()
     others = [r for r in rows[PER_TENANT:] if r is not None]
-    revoked = [r for r in others if r.data["status"] == "revoked"]
-    hard_revoked = sum(1 for r in rows[:PER_TENANT] if r is not None and r.data["status"] == "revoked")
+    revoked = [r for r in others if r.status == "revoked" and r.revoked_at is not None]
+    hard_revoked = sum(1 for r in rows[:PER_TENANT] if r is not None and r.status == "revoked")
     last = max(
-        ((datetime.fromisoformat(r.data["revokedAt"]) - sweep_started).total_seconds() for r in revoked),
+        ((r.revoked_at - sweep_started).total_seconds() for r in revoked if r.revoked_at is not None),
         default=float("nan"),
     )
-    last = max(last, 1.0)  # revokedAt has whole seconds
+    last = max(last, 1.0)
     goal = 0.9 * TENANT_LIMIT * (TENANTS - 1)
     rate = len(revoked) / last
     rows_out = [

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from connections import lifecycle, oauth, oauth_credentials, store
-from connections.azure_errors import within_deadline
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
 from connections.kinds import ConnectionChanges, KindSpec, Material
@@ -26,11 +25,12 @@ from connections.models import (
 )
 from connections.routes import KindApi
 from connections.store import ConnectionRecord
-from core import azure_credentials, clock
+from core import azure_credentials, azure_gateway, clock
 from core.auth import Caller
 from core.azure_clients import certificate_credential, client_secret_credential, graph_client, graph_scope
 from core.azure_credentials import AppAccess
-from core.azure_problems import credential_problem, graph_problem
+from core.azure_failure import AzureFailure, classify
+from core.azure_problems import DELEGATED_GRAPH_REFUSED
 from core.errors import Conflict, Problem
 from core.models import ApiModel
 
@@ -42,8 +42,6 @@ KIND = "azure-client-secrets"
 RESOURCE = "azure-client-secrets-connection"
 AUTHORIZE_PATH = "/api/v1/app-connections/azure-client-secrets/oauth/authorize"
 Method = Literal["oauth", "client-secret", "certificate"]
-# Token requests are retried by azure-core (honouring Retry-After), bounded under the step deadline.
-TOKEN_RETRIES = 3
 
 __all__ = [
     "ClientSecretConnection",
@@ -174,22 +172,25 @@ async def validate_app_credentials(
     try:
         credential = _credential(tenant_id, client_id, method, secrets)
     except ValueError as error:
-        raise credential_problem(error) from None
+        raise classify("token", "token-acquisition", error).validation_problem() from None
     client: GraphServiceClient | None = None
+    pace = (tenant_id, client_id)
     try:
         try:
-            await within_deadline(
-                # enable_cae as the Graph client asks, so the Graph call reuses this cached token
-                credential.get_token(graph_scope(), enable_cae=True, retry_total=TOKEN_RETRIES),
+            await azure_gateway.call(
                 "token-acquisition",
+                # enable_cae as the Graph client asks, so the Graph call reuses this cached token;
+                # no SDK retries: the gateway's policy is the only one
+                lambda: credential.get_token(graph_scope(), enable_cae=True, retry_total=0),
+                kind="token",
             )
-        except Exception as error:
-            raise credential_problem(error, redact=redact) from None
-        client = graph_client(credential)
-        try:
-            app = await within_deadline(client.applications_with_app_id(client_id).get(), "graph-call")
-        except Exception as error:
-            raise graph_problem(error, redact=redact) from None
+            client = graph_client(credential, max_retries=0)
+            graph = client
+            app = await azure_gateway.call(
+                "graph-call", lambda: graph.applications_with_app_id(client_id).get(), pace=pace
+            )
+        except AzureFailure as failure:
+            raise failure.validation_problem(redact=redact) from None
     finally:
         if client is None:
             await credential.close()
@@ -295,11 +296,12 @@ async def _complete_oauth(
     tenant = str(pending.params["tenantId"])
     token_tenant = oauth.check_grant(tokens, tenant)
     credential = oauth_credentials.StaticTokenCredential(tokens.access_token, tokens.expires_on)
-    client = graph_client(credential)
+    client = graph_client(credential, max_retries=0)
     try:
-        me = await within_deadline(client.me.get(), "graph-call")
-    except Exception as error:
-        raise graph_problem(error, delegated=True) from None
+        me = await azure_gateway.call("graph-call", client.me.get)
+    except AzureFailure as failure:
+        delegated = DELEGATED_GRAPH_REFUSED if failure.status == 403 else None
+        raise failure.validation_problem(field_prefix="", explained=delegated) from None
     finally:
         await close_graph(client)
     user = str(getattr(me, "user_principal_name", "") or "")

@@ -1,4 +1,7 @@
-"""Azure DevOps REST: one page of an organization's projects, and DevOps answers as problems.
+"""Azure DevOps REST: one page of an organization's projects, through the gateway.
+
+The gateway classifies DevOps' answers (`core.azure_failure.devops_failure`); this module only
+says which of the caller's fields holds the token, for the fix-it text.
 
 Only `AZURE_DEVOPS_ENDPOINT` + a validated organization name is ever called, without following
 redirects (a redirect is DevOps sending a bad credential to its sign-in page).
@@ -10,12 +13,12 @@ import base64
 import re
 from typing import TYPE_CHECKING
 
-from connections.azure_errors import send_with_retries, within_deadline
+from core import azure_gateway
 from core.azure_clients import http_client
-from core.azure_problems import DEVOPS_SCOPES, Explanation, credential_problem, rejected, transient_problem
+from core.azure_failure import AzureFailure
+from core.azure_problems import explain_devops
 from core.errors import Problem
 from core.models import ApiModel
-from core.retry_after import retry_after_seconds
 from core.settings import get_settings
 
 if TYPE_CHECKING:
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
 DEVOPS_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
 DEVOPS_SCOPE = f"{DEVOPS_RESOURCE}/.default"
 API_VERSION = "7.1"
-TOKEN_RETRIES = 3
 CONTINUATION = re.compile(r"^[A-Za-z0-9+/=_.~-]{1,512}$")
 
 
@@ -48,64 +50,17 @@ def _credential_field(method: str) -> str:
     return {"access-token": "accessToken", "client-secret": "clientId"}.get(method, "token")
 
 
-def devops_problem(response: httpx.Response, method: str, org: str) -> Problem:
-    """A DevOps answer other than a page of projects, as a problem naming the cause."""
-    status = response.status_code
-    content_type = response.headers.get("content-type", "")
-    field_prefix = "credentials." if method != "oauth" else ""
-    location = response.headers.get("location", "")
-    if status == 203 or 300 <= status < 400 or (status == 200 and "html" in content_type):
-        where = f" (redirected to {location.split('?')[0][:100]})" if location else ""
-        return rejected(
-            "devops-call",
-            Explanation(
-                _credential_field(method),
-                "Azure DevOps answered with its sign-in page: the token is invalid, revoked or not for "
-                f"organization {org}{where}",
-            ),
-            azure_code="SignInRedirect",
-            azure_status=status,
-            field_prefix=field_prefix,
-        )
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    message = str(body.get("message", "")) if isinstance(body, dict) else ""
-    type_key = str(body.get("typeKey", "")) if isinstance(body, dict) else ""
-    tf_code = re.search(r"TF\d+", message)
-    azure_code = tf_code.group(0) if tf_code else (type_key or None)
-    transient = transient_problem("devops-call", status, azure_code, retry_after_seconds(response.headers))
-    if transient is not None:
-        return transient
-    lowered = message.lower()
-    if status == 404:
-        explanation = Explanation("orgName", f"organization not found: {org} does not exist in Azure DevOps")
-    elif status == 403 or (status == 401 and "scope" in lowered):
-        explanation = Explanation(
-            _credential_field(method), f"the token is missing a required scope; grant {DEVOPS_SCOPES}"
-        )
-    elif status == 401 and "expired" in lowered:
-        explanation = Explanation(
-            _credential_field(method), "token invalid or expired: the token has expired"
-        )
-    elif status == 401 and method == "client-secret":
-        explanation = Explanation(
-            "clientId",
-            f"token invalid or expired, or the app is not a member of organization {org} "
-            "(add its service principal to the organization)",
-        )
-    elif status == 401:
-        explanation = Explanation(_credential_field(method), "token invalid or expired")
-    else:
-        explanation = Explanation("orgName", "Azure DevOps refused the request; see azureCode")
-    return rejected(
-        "devops-call",
-        explanation,
-        azure_code=azure_code,
-        azure_status=status,
-        azure_message=message[:300],
-        field_prefix=field_prefix,
+def devops_problem(failure: AzureFailure, method: str, org: str) -> Problem:
+    """The gateway's classification of a DevOps answer as the problem naming the field to fix."""
+    explained = explain_devops(
+        failure.status,
+        failure.code,
+        failure.message if failure.code == "SignInRedirect" else failure.azure_message,
+        credential_field=_credential_field(method),
+        org=org,
+    )
+    return failure.validation_problem(
+        field_prefix="credentials." if method != "oauth" else "", explained=explained
     )
 
 
@@ -113,6 +68,8 @@ async def projects(
     org: str, authorization: str, method: str, *, top: int, continuation: str | None
 ) -> ProjectPage:
     """One page of the organization's projects."""
+    import httpx
+
     client = await http_client()
     url = f"{get_settings().azure_devops_endpoint}/{org}/_apis/projects"
     params: dict[str, str] = {"api-version": API_VERSION, "$top": str(top)}
@@ -121,11 +78,16 @@ async def projects(
     headers = {"Authorization": authorization, "Accept": "application/json"}
 
     async def send() -> httpx.Response:
-        return await client.get(url, params=params, headers=headers)
+        response = await client.get(url, params=params, headers=headers)
+        if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+            # not a page of projects: the gateway classifies it (sign-in page, TF code, 429, 5xx)
+            raise httpx.HTTPStatusError("no projects", request=response.request, response=response)
+        return response
 
-    response = await within_deadline(send_with_retries(send, step="devops-call"), "devops-call")
-    if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
-        raise devops_problem(response, method, org)
+    try:
+        response = await azure_gateway.call("devops-call", send, kind="devops")
+    except AzureFailure as failure:
+        raise devops_problem(failure, method, org) from None
     body = response.json()
     items = [
         Project(
@@ -149,11 +111,9 @@ def basic(pat: str) -> str:
 
 async def bearer(credential: AsyncTokenCredential, redact: list[str]) -> str:
     try:
-        token = await within_deadline(
-            credential.get_token(DEVOPS_SCOPE, retry_total=TOKEN_RETRIES), "token-acquisition"
+        token = await azure_gateway.call(
+            "token-acquisition", lambda: credential.get_token(DEVOPS_SCOPE, retry_total=0), kind="token"
         )
-    except Problem:
-        raise
-    except Exception as error:
-        raise credential_problem(error, redact=redact) from None
+    except AzureFailure as failure:
+        raise failure.validation_problem(redact=redact) from None
     return f"Bearer {token.token}"

@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from connections import oauth_state
-from connections.azure_errors import RETRY_STATUSES_NOT_IDEMPOTENT, send_with_retries, within_deadline
 from connections.fields import GUID
 from connections.oauth_state import STATE_TTL as STATE_TTL
 from connections.oauth_state import PendingAuthorization as PendingAuthorization
-from core import audit
+from core import audit, azure_gateway
 from core.auth import Caller
-from core.azure_problems import aadsts_code, entra_problem
+from core.azure_failure import AzureFailure
+from core.azure_problems import aadsts_code
 from core.errors import BadRequest, FieldError, Problem, Unprocessable
-from core.retry_after import retry_after_seconds
 from core.secret_store import SecretMissing, secret_store
 from core.settings import get_settings
 
@@ -239,32 +238,34 @@ def _claims(token: str) -> dict[str, Any]:
 async def _token_request(
     tenant: str, form: dict[str, str], *, step: str, redact: list[str], field_prefix: str, default_field: str
 ) -> TokenSet:
+    import httpx
+
     from core.azure_clients import http_client
 
     client = await http_client()
     url = f"{_authority(tenant)}/token"
 
-    async def send() -> Any:
-        return await client.post(url, data=form, headers={"Accept": "application/json"})
+    async def send() -> dict[str, Any]:
+        response = await client.post(url, data=form, headers={"Accept": "application/json"})
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+            # the gateway classifies Entra's answer (AADSTS code, Retry-After, field at fault)
+            raise httpx.HTTPStatusError("no token", request=response.request, response=response)
+        return body
 
-    retry = RETRY_STATUSES_NOT_IDEMPOTENT if form.get("grant_type") == "authorization_code" else None
-    response = await within_deadline(
-        send_with_retries(send, step=step, **({"retry_statuses": retry} if retry else {})), step
-    )
     try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-        raise entra_problem(
-            step,
-            response.status_code if response.status_code != 200 else 502,
-            body if isinstance(body, dict) else {},
-            redact=redact,
-            field_prefix=field_prefix,
-            default_field=default_field,
-            retry_after=retry_after_seconds(response.headers),
+        # A code is redeemed once: a lost answer or a 5xx is not sent again (a 429 is: Entra did
+        # not process it). A refresh may be repeated: a refresh token stays valid after redemption.
+        body = await azure_gateway.call(
+            step, send, kind="token", idempotent=form.get("grant_type") != "authorization_code"
         )
+    except AzureFailure as failure:
+        raise failure.validation_problem(
+            field_prefix=field_prefix, redact=redact, default_field=default_field
+        ) from None
     access = str(body["access_token"])
     return TokenSet(
         access_token=access,

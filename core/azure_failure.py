@@ -7,15 +7,35 @@ number, Graph `error.code`, Key Vault `error.code`, DevOps TF code or `typeKey`)
 and the request field at fault where Azure's code names one. The gateway decides retries from
 it (`transient`, `outcome_unknown`); `problem()` is what the API answers. Messages are ours or
 Azure's trimmed description, never an exception's text that might echo request material.
+
+The classification also keeps what a caller validating input needs (`explained`: the credential
+field at fault and the fix-it text from `core.azure_problems`' tables, `azure_message`: Azure's
+own description); `validation_problem()` turns it into the connection API's 422/502/503/504
+bodies, the caller choosing the field prefix and the secrets to redact. A `Problem` raised
+inside a call (a credential that refreshes through the broker) passes through unclassified.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from core.azure_problems import _AADSTS_EXPLAINED, aadsts_code
+from core.azure_problems import (
+    _AADSTS_EXPLAINED,
+    SDK_REFUSED,
+    Explanation,
+    aadsts_code,
+    azure_message,
+    explain_aadsts,
+    explain_graph,
+    redacted,
+    rejected,
+    server_problem,
+    throttled_problem,
+    timeout_problem,
+    unreachable_problem,
+)
 from core.errors import FieldError, Problem, Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
 from core.retry_after import retry_after_seconds
 
@@ -39,6 +59,8 @@ class AzureFailure(Exception):
         *,
         retry_after: float | None = None,
         field: str | None = None,
+        explained: Explanation | None = None,
+        azure_message: str = "",
     ) -> None:
         super().__init__(f"{step}: {code}: {message}")
         self.step = step
@@ -47,6 +69,8 @@ class AzureFailure(Exception):
         self.message = message
         self.retry_after = retry_after
         self.field = field
+        self.explained = explained  # for a caller validating credentials (see validation_problem)
+        self.azure_message = azure_message  # Azure's text: may echo input, so never in str(self)
 
     @property
     def transient(self) -> bool:
@@ -87,6 +111,41 @@ class AzureFailure(Exception):
             )
         return UpstreamError(detail, extra=details, code="azure-refused")
 
+    def validation_problem(
+        self,
+        *,
+        field_prefix: str = "credentials.",
+        redact: Iterable[str] = (),
+        explained: Explanation | None = None,
+        default_field: str | None = None,
+    ) -> Problem:
+        """The failure while validating a caller's credentials (connections): a refusal is a 422
+        on `field_prefix` + the field at fault with its fix; 429 a 503 with Retry-After; other
+        Azure trouble a 502; a timeout or the deadline a 504.
+
+        `explained` overrides the classification's explanation (the caller knows more, e.g. a
+        delegated token); `default_field` names the field when no table explains Azure's code.
+        """
+        if self.code in (TIMEOUT, DEADLINE):
+            return timeout_problem(self.step)
+        if self.status == 0:
+            return unreachable_problem(self.step)
+        if self.status == 429:
+            return throttled_problem(self.step, self.retry_after, self.code)
+        if self.transient:
+            return server_problem(self.step, self.status, self.code)
+        explanation = explained or self.explained or _REFUSED
+        if default_field is not None and not explanation.known:
+            explanation = Explanation(default_field, explanation.message, known=False)
+        return rejected(
+            self.step,
+            explanation,
+            azure_code=self.code,
+            azure_status=self.status,
+            azure_message=redacted(self.azure_message, redact),
+            field_prefix=field_prefix,
+        )
+
 
 def _headers(raw: Any) -> Mapping[str, str] | None:
     try:
@@ -95,31 +154,92 @@ def _headers(raw: Any) -> Mapping[str, str] | None:
         return None
 
 
-def token_failure(step: str, error: BaseException) -> AzureFailure:
-    """An azure-identity failure with its AADSTS code, the field at fault and a fix."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
-    response = getattr(error, "response", None)
-    status = int(getattr(response, "status_code", 0) or 0)
-    retry_after = retry_after_seconds(_headers(getattr(response, "headers", None)))
-    number = aadsts_code(str(getattr(error, "message", "") or error))
+def entra_failure(
+    step: str, status: int, description: str, number: str | None, retry_after: float | None
+) -> AzureFailure:
+    """An Entra ID (token endpoint) refusal: its AADSTS code, the field at fault and a fix."""
+    said = azure_message(description)
     if number:
         code = f"AADSTS{number}"
         if number in _AADSTS_TRANSIENT or status == 429 or status >= 500:
+            busy = status if status == 429 or status >= 500 else 503  # "try again" is transient
             return AzureFailure(
-                step, status or 503, code, "Entra ID is busy; try again", retry_after=retry_after
+                step, busy, code, "Entra ID is busy; try again", retry_after=retry_after, azure_message=said
             )
-        explained = _AADSTS_EXPLAINED.get(number)
-        if explained is None:
-            return AzureFailure(step, status or 401, code, "Entra ID refused the app's sign-in")
-        return AzureFailure(step, status or 400, code, explained.message, field=explained.field)
+        explained = explain_aadsts(number)
+        if number not in _AADSTS_EXPLAINED:
+            return AzureFailure(
+                step,
+                status or 401,
+                code,
+                "Entra ID refused the app's sign-in",
+                explained=explained,
+                azure_message=said,
+            )
+        return AzureFailure(
+            step,
+            status or 400,
+            code,
+            explained.message,
+            field=explained.field,
+            explained=explained,
+            azure_message=said,
+        )
     if status == 429 or status >= 500:
         return AzureFailure(step, status, f"HTTP{status}", "Entra ID is busy", retry_after=retry_after)
+    return AzureFailure(
+        step,
+        status or 401,
+        "authentication_failed",
+        "Entra ID refused the app's sign-in",
+        explained=explain_aadsts(None),
+        azure_message=said,
+    )
+
+
+def _entra_body(response: Any) -> tuple[str, str | None]:
+    """The token endpoint's error body: (error_description, AADSTS number)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return str(getattr(response, "text", "") or "")[:2000], None
+    if not isinstance(body, dict):
+        return "", None
+    description = str(body.get("error_description") or body.get("error") or "")
+    codes = body.get("error_codes") or []
+    return description, str(codes[0]) if isinstance(codes, list) and codes else aadsts_code(description)
+
+
+def token_failure(step: str, error: BaseException) -> AzureFailure:
+    """An Entra ID failure: azure-identity's error, or the token endpoint's answer to a raw request."""
+    import httpx
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    if isinstance(error, httpx.HTTPStatusError):  # a raw request (the OAuth code exchange, refresh)
+        answer = error.response
+        description, number = _entra_body(answer)
+        status = answer.status_code if answer.status_code != 200 else 502  # 200 without a token
+        return entra_failure(step, status, description, number, retry_after_seconds(_headers(answer.headers)))
+    if isinstance(error, ValueError):  # azure-identity checks its inputs before sending anything
+        return AzureFailure(
+            step,
+            400,
+            "InvalidCredentials",
+            "the Azure SDK did not accept the credentials",
+            explained=SDK_REFUSED,
+        )
+    response = getattr(error, "response", None)
+    status = int(getattr(response, "status_code", 0) or 0)
+    retry_after = retry_after_seconds(_headers(getattr(response, "headers", None)))
+    message = str(getattr(error, "message", "") or error)
+    number = aadsts_code(message)
+    if number or status == 429 or status >= 500:
+        return entra_failure(step, status, message, number, retry_after)
     if isinstance(error, ServiceRequestError) or not isinstance(
         error, ClientAuthenticationError | HttpResponseError
     ):
         return AzureFailure(step, 0, CONNECTION, "Entra ID could not be reached")
-    return AzureFailure(step, status or 401, "authentication_failed", "Entra ID refused the app's sign-in")
+    return entra_failure(step, status, message, None, retry_after)
 
 
 def graph_failure(step: str, error: BaseException) -> AzureFailure:
@@ -136,7 +256,15 @@ def graph_failure(step: str, error: BaseException) -> AzureFailure:
         code = str(getattr(main, "code", "") or "") or f"HTTP{status}"
         message = str(getattr(main, "message", "") or "") or "Graph answered with an error"
         retry_after = retry_after_seconds(_headers(error.response_headers))
-        return AzureFailure(step, status, code, message[:200], retry_after=retry_after)
+        return AzureFailure(
+            step,
+            status,
+            code,
+            message[:200],
+            retry_after=retry_after,
+            explained=explain_graph(status),
+            azure_message=message[:2000],
+        )
     if isinstance(error, httpx.TimeoutException):
         return AzureFailure(step, 504, TIMEOUT, "Graph did not answer in time")
     if isinstance(error, httpx.HTTPError):
@@ -162,12 +290,21 @@ def keyvault_failure(step: str, error: BaseException, service: str = "Key Vault"
     raise error
 
 
+_REFUSED = Explanation("clientId", "Azure refused the request; see azureCode", known=False)
 _TF = re.compile(r"TF\d+")
 
 
 def devops_failure(step: str, response: Any) -> AzureFailure:
-    """An Azure DevOps answer (an httpx response with an error status): TF code or `typeKey`."""
+    """An Azure DevOps answer that is not data: its sign-in page (a 203, a redirect or HTML, for a
+    token it does not accept), or an error status with a TF code or `typeKey`."""
     status = int(response.status_code)
+    content_type = str(response.headers.get("content-type", ""))
+    if status == 203 or 300 <= status < 400 or (status < 300 and "json" not in content_type):
+        location = str(response.headers.get("location", "")).split("?")[0][:100]
+        where = f" (redirected to {location})" if location else ""
+        return AzureFailure(
+            step, status, "SignInRedirect", f"Azure DevOps answered with its sign-in page{where}"
+        )
     try:
         body = response.json()
     except ValueError:
@@ -177,7 +314,14 @@ def devops_failure(step: str, response: Any) -> AzureFailure:
     found = _TF.search(message)
     code = found.group(0) if found else (type_key or f"HTTP{status}")
     retry_after = retry_after_seconds(_headers(response.headers))
-    return AzureFailure(step, status, code, message[:300] or "Azure DevOps refused", retry_after=retry_after)
+    return AzureFailure(
+        step,
+        status,
+        code,
+        message[:300] or "Azure DevOps refused",
+        retry_after=retry_after,
+        azure_message=message[:2000],
+    )
 
 
 def classify(kind: Kind, step: str, error: BaseException) -> AzureFailure:
@@ -186,6 +330,8 @@ def classify(kind: Kind, step: str, error: BaseException) -> AzureFailure:
 
     if isinstance(error, AzureFailure):
         return error
+    if isinstance(error, Problem):  # already an answer for the caller (e.g. a broker-side refresh)
+        raise error
     if isinstance(error, httpx.TimeoutException):
         return AzureFailure(step, 504, TIMEOUT, "Azure did not answer in time")
     if kind == "token":

@@ -1,21 +1,21 @@
-"""Azure's refusals as the problem bodies a platform engineer can act on (the gateway's table).
+"""Azure's refusals as the problem bodies a platform engineer can act on (the gateway's tables).
 
-Every problem built here says which step failed (`step`: token-acquisition, graph-call,
-code-exchange, token-refresh, devops-call, or a domain's own step name) and carries Azure's own
-code (`azureCode`: AADSTS..., Graph `error.code`, DevOps TF code / `typeKey`), plus a fix-it
-message on the field at fault. Retrying is not done here: `core.azure_gateway` retries, and
-turns what is left into these problems.
+The tables say what an Azure code means for the caller (`Explanation`: the field at fault and
+how to fix it); `core.azure_failure` classifies an answer with them once, and
+`AzureFailure.validation_problem` builds the bodies below from that classification. Every
+body names the step that failed (`step`: token-acquisition, graph-call, code-exchange,
+token-refresh, devops-call) and carries Azure's own code (`azureCode`). Nothing here parses an
+SDK error or retries: `core.azure_gateway` does.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.errors import FieldError, Problem, Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
-from core.retry_after import retry_after_seconds
+from core.errors import FieldError, Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
 
 Step = Literal["token-acquisition", "graph-call", "code-exchange", "token-refresh", "devops-call"]
 
@@ -50,8 +50,9 @@ class AzureRejected(Unprocessable):
 class Explanation:
     """What an Azure code means for the caller: the field at fault and how to fix it."""
 
-    field: str
+    field: str  # relative to the caller's prefix (`credentials.`); "" is the prefix itself
     message: str
+    known: bool = True  # False: a generic text for a code no table explains (the caller may name the field)
 
 
 # AADSTS code -> (credential field, message). Fields are relative to `credentials`.
@@ -116,10 +117,61 @@ def aadsts_code(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _azure_message(text: str, redact: Iterable[str]) -> str:
-    """Azure's own description, trimmed of trace noise, with any secret we hold redacted."""
+def explain_aadsts(number: str | None) -> Explanation:
+    """What an AADSTS code means for the caller (a generic text for a code the table lacks)."""
+    return _AADSTS_EXPLAINED.get(number or "") or Explanation(
+        "clientId", "Entra ID refused the request; see azureCode and azureMessage", known=False
+    )
+
+
+def explain_graph(status: int) -> Explanation:
+    """What a Graph refusal with an app's token means: the app's permissions, by status."""
+    return _GRAPH_EXPLAINED.get(status) or Explanation(
+        "clientId", "Microsoft Graph refused the request; see azureCode", known=False
+    )
+
+
+# Graph refused a signed-in user's (delegated) token: the consent is missing, not an app permission.
+DELEGATED_GRAPH_REFUSED = Explanation(
+    "scope", f"the signed-in user's token is missing Graph permission; consent {GRAPH_DELEGATED_PERMISSIONS}"
+)
+# azure-identity refused the credentials before sending anything (e.g. a malformed tenant ID).
+SDK_REFUSED = Explanation("", "check the tenant ID, client ID and credential format")
+
+
+def explain_devops(status: int, code: str, message: str, *, credential_field: str, org: str) -> Explanation:
+    """What a DevOps refusal means; `credential_field` is the field holding the caller's token."""
+    lowered = message.lower()
+    if code == "SignInRedirect":
+        return Explanation(
+            credential_field,
+            f"{message}: the token is invalid, revoked or not for organization {org}",
+        )
+    if status == 404:
+        return Explanation("orgName", f"organization not found: {org} does not exist in Azure DevOps")
+    if status == 403 or (status == 401 and "scope" in lowered):
+        return Explanation(credential_field, f"the token is missing a required scope; grant {DEVOPS_SCOPES}")
+    if status == 401 and "expired" in lowered:
+        return Explanation(credential_field, "token invalid or expired: the token has expired")
+    if status == 401 and credential_field == "clientId":
+        return Explanation(
+            "clientId",
+            f"token invalid or expired, or the app is not a member of organization {org} "
+            "(add its service principal to the organization)",
+        )
+    if status == 401:
+        return Explanation(credential_field, "token invalid or expired")
+    return Explanation("orgName", "Azure DevOps refused the request; see azureCode", known=False)
+
+
+def azure_message(text: str) -> str:
+    """Azure's own description without the AADSTS prefix and trace noise (secrets not yet redacted)."""
     text = re.sub(r"^.*?AADSTS\d+:\s*", "", text, count=1, flags=re.S)
-    text = text.split(" Trace ID:")[0].split("\r\n")[0].strip()
+    return text.split(" Trace ID:")[0].split("\r\n")[0].strip()[:2000]
+
+
+def redacted(text: str, redact: Iterable[str]) -> str:
+    """`text` with any secret the caller holds replaced, cut to a problem body's length."""
     for secret in redact:
         if secret:
             text = text.replace(secret, "[redacted]")
@@ -130,10 +182,9 @@ def _label(step: str) -> str:
     return STEP_LABELS.get(step, step)
 
 
-def timeout_problem(step: str, seconds: float | None = None) -> UpstreamTimeout:
-    waited = f" within {seconds:.0f}s" if seconds else ""
+def timeout_problem(step: str) -> UpstreamTimeout:
     return UpstreamTimeout(
-        f"{_label(step)} timed out: Azure did not answer{waited}. Nothing was saved; try again.",
+        f"{_label(step)} timed out: Azure did not answer in time. Nothing was saved; try again.",
         extra={"step": step},
         code="azure-timeout",
     )
@@ -157,20 +208,9 @@ def server_problem(step: str, status: int, azure_code: str | None = None) -> Ups
     )
 
 
-def transient_problem(
-    step: str, status: int, azure_code: str | None, retry_after: float | None = None
-) -> Problem | None:
-    """Azure's answer once retries are spent: 429 -> 503 with Retry-After, 5xx -> 502; else None."""
-    if status == 429:
-        return throttled_problem(step, retry_after, azure_code)
-    if status >= 500:
-        return server_problem(step, status, azure_code)
-    return None
-
-
-def unreachable_problem(step: str, error: BaseException) -> UpstreamError:
+def unreachable_problem(step: str) -> UpstreamError:
     return UpstreamError(
-        f"{_label(step)} failed: Azure could not be reached ({type(error).__name__}).",
+        f"{_label(step)} failed: Azure could not be reached.",
         extra={"step": step},
         code="azure-unreachable",
     )
@@ -194,136 +234,9 @@ def rejected(
         extra["azureStatus"] = azure_status
     if azure_message:
         extra["azureMessage"] = azure_message
+    field = (field_prefix + explanation.field) if explanation.field else field_prefix.rstrip(".")
     return AzureRejected(
         f"{_label(step)} failed{code_text}: {explanation.message}.",
-        [FieldError(field_prefix + explanation.field, explanation.message)],
+        [FieldError(field or "credentials", explanation.message)],
         extra=extra,
     )
-
-
-def entra_problem(
-    step: str,
-    status: int,
-    body: Mapping[str, Any] | str,
-    *,
-    redact: Iterable[str] = (),
-    field_prefix: str = "credentials.",
-    default_field: str = "clientId",
-    retry_after: float | None = None,
-) -> Problem:
-    """A token endpoint error (`{error, error_description, error_codes}`) as a problem."""
-    if isinstance(body, Mapping):
-        description = str(body.get("error_description") or body.get("error") or "")
-        codes = body.get("error_codes") or []
-        number = str(codes[0]) if codes else aadsts_code(description)
-    else:
-        description = body
-        number = aadsts_code(body)
-    azure_code = f"AADSTS{number}" if number else None
-    transient = transient_problem(step, status, azure_code, retry_after)
-    if transient is not None:
-        return transient
-    if number in {"50196", "90033", "50000"}:  # Entra's own "try again later" codes
-        return server_problem(step, status, azure_code)
-    explanation = _AADSTS_EXPLAINED.get(number or "") or Explanation(
-        default_field, "Entra ID refused the request; see azureCode and azureMessage"
-    )
-    return rejected(
-        step,
-        explanation,
-        azure_code=azure_code,
-        azure_status=status,
-        azure_message=_azure_message(description, redact),
-        field_prefix=field_prefix,
-    )
-
-
-def credential_problem(
-    error: BaseException, *, step: str = "token-acquisition", redact: Iterable[str] = ()
-) -> Problem:
-    """An azure-identity failure (ClientAuthenticationError and friends) as a problem."""
-    from azure.core.exceptions import (
-        ClientAuthenticationError,
-        HttpResponseError,
-        ServiceRequestError,
-        ServiceResponseError,
-    )
-
-    if isinstance(error, Problem):
-        return error
-    if isinstance(error, TimeoutError):
-        return timeout_problem(step)
-    if isinstance(error, ClientAuthenticationError | HttpResponseError):
-        response = getattr(error, "response", None)
-        status = int(getattr(response, "status_code", 0) or 0) or 400
-        body: Mapping[str, Any] | str = str(getattr(error, "message", "") or "")
-        if response is not None:
-            try:
-                parsed = response.json()
-                if isinstance(parsed, Mapping):
-                    body = parsed
-            except Exception:  # noqa: S110 - a non-JSON body: keep the message text
-                pass
-        retry_after = retry_after_seconds(dict(response.headers)) if response is not None else None
-        return entra_problem(step, status, body, redact=redact, retry_after=retry_after)
-    if isinstance(error, ServiceRequestError | ServiceResponseError):
-        return unreachable_problem(step, error)
-    if isinstance(error, ValueError):
-        # azure-identity validates its inputs (e.g. a tenant id) before any request.
-        return AzureRejected(
-            f"{_label(step)} failed: the credentials were not accepted by the Azure SDK.",
-            [FieldError("credentials", "check the tenant ID, client ID and credential format")],
-            extra={"step": step},
-        )
-    return unreachable_problem(step, error)
-
-
-def graph_problem(
-    error: BaseException,
-    *,
-    step: str = "graph-call",
-    delegated: bool = False,
-    redact: Iterable[str] = (),
-) -> Problem:
-    """A Microsoft Graph failure (kiota APIError / ODataError, httpx errors) as a problem."""
-    import httpx
-    from kiota_abstractions.api_error import APIError
-
-    if isinstance(error, Problem):
-        return error
-    if isinstance(error, TimeoutError | httpx.TimeoutException):
-        return timeout_problem(step)
-    if isinstance(error, httpx.TransportError):
-        return unreachable_problem(step, error)
-    if isinstance(error, APIError):
-        status = int(error.response_status_code or 0)
-        odata = getattr(error, "error", None)
-        code = str(getattr(odata, "code", "") or "") or None
-        message = str(getattr(odata, "message", "") or "")
-        headers = {k.lower(): v for k, v in (error.response_headers or {}).items()}
-        transient = transient_problem(step, status, code, retry_after_seconds(headers))
-        if transient is not None:
-            return transient
-        explanation = _GRAPH_EXPLAINED.get(status) or Explanation(
-            "clientId", "Microsoft Graph refused the request; see azureCode"
-        )
-        if delegated and status == 403:
-            explanation = Explanation(
-                "scope",
-                "the signed-in user's token is missing Graph permission; "
-                f"consent {GRAPH_DELEGATED_PERMISSIONS}",
-            )
-        return rejected(
-            step,
-            explanation,
-            azure_code=code,
-            azure_status=status,
-            azure_message=_azure_message(message, redact),
-            field_prefix="" if delegated else "credentials.",
-        )
-    # The auth provider raises the credential's own error if a token cannot be had mid-call.
-    from azure.core.exceptions import AzureError
-
-    if isinstance(error, AzureError):
-        return credential_problem(error, step="token-acquisition", redact=redact)
-    return unreachable_problem(step, error)

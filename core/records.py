@@ -10,9 +10,10 @@ stored. The ETag a record was read with travels with it, so a write back is cond
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -140,3 +141,20 @@ async def upsert(record: R) -> R:
 async def delete(record: Record, *, conditional: bool = True) -> None:
     """Delete; with `conditional` (default) only if unchanged since read."""
     await tables.delete(record.TABLE, record.pk, record.rk, record.etag if conditional else None)
+
+
+BatchKind = Literal["create", "upsert", "update", "delete"]
+
+
+async def batch(operations: Sequence[tuple[BatchKind, Record]]) -> None:
+    """One atomic transaction of records in one table and partition (`update` and `delete` are
+    ETag-checked when the record carries one); `ConcurrencyConflict` if any of them lost."""
+    if not operations:
+        return
+    await tables.batch(
+        operations[0][1].TABLE,
+        [
+            (kind, r.pk, r.rk, {} if kind == "delete" else r.to_data(), None if kind == "create" else r.etag)
+            for kind, r in operations
+        ],
+    )

@@ -5,6 +5,9 @@ Every write of an existing row carries the ETag it read (`IfNotModified`); a los
 times are stored as ISO strings so that RowKey/property order is time order.
 Benchmarks and tests count operations through `observe()` (tests/table_stats.py installs the
 counter); with no observer, which is production, that costs one empty loop per operation.
+
+Dropped connections (core.table_transport): a write whose answer was lost is settled by reading the
+row back (insert, ETag replace); a batch is never repeated; what cannot be settled is a 503 problem.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from core.errors import Conflict
 from core.loop_cache import PerLoop
 from core.settings import get_settings
+from core.table_transport import TablesUnavailable, reachable, transport
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient, TableServiceClient
@@ -71,11 +75,15 @@ async def _service() -> TableServiceClient:
 
     settings = get_settings()
     if settings.tables_connection_string:
-        return TableServiceClient.from_connection_string(settings.tables_connection_string.get_secret_value())
+        return TableServiceClient.from_connection_string(
+            settings.tables_connection_string.get_secret_value(), transport=transport()
+        )
     from core.azure_clients import broker_credential
 
     assert settings.tables_endpoint
-    return TableServiceClient(endpoint=settings.tables_endpoint, credential=await broker_credential())
+    return TableServiceClient(
+        endpoint=settings.tables_endpoint, credential=await broker_credential(), transport=transport()
+    )
 
 
 _services: PerLoop[TableServiceClient] = PerLoop(_service)
@@ -91,7 +99,8 @@ async def _client(table: str) -> TableClient:
     service = await _services.get()
     name = table_name(table)
     if name not in _created:
-        await service.create_table_if_not_exists(name)
+        with reachable("create table"):
+            await service.create_table_if_not_exists(name)
         _created.add(name)
     return service.get_table_client(name)
 
@@ -104,6 +113,11 @@ def _row(table: str, entity: Mapping[str, Any]) -> Row:
 
 def _entity(pk: str, rk: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in data.items() if v is not None}, "PartitionKey": pk, "RowKey": rk}
+
+
+def _holds(row: Row | None, data: Mapping[str, Any]) -> bool:
+    """Whether a row read back holds exactly what we wrote (so the write whose answer was lost landed)."""
+    return row is not None and row.data == {k: v for k, v in data.items() if v is not None}
 
 
 def _match(etag: str | None) -> dict[str, Any]:
@@ -120,7 +134,8 @@ async def get(table: str, pk: str, rk: str) -> Row | None:
 
     client = await _client(table)
     try:
-        entity = await client.get_entity(pk, rk)
+        with reachable("read"):
+            entity = await client.get_entity(pk, rk)
     except ResourceNotFoundError:
         _note("get")
         return None
@@ -129,37 +144,83 @@ async def get(table: str, pk: str, rk: str) -> Row | None:
 
 
 async def insert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
-    """Create a row; `RowExists` if the key is taken (the way to claim a unique name)."""
+    """Create a row; `RowExists` if the key is taken (the way to claim a unique name).
+
+    If the answer is lost the row is read back: holding our data, the insert landed; absent, it is
+    sent once more (create-only, so it can never land twice); anything else is someone else's row.
+    """
     from azure.core.exceptions import ResourceExistsError
 
     client = await _client(table)
-    _note("insert")
-    try:
-        meta = await client.create_entity(_entity(pk, rk, data))
-    except ResourceExistsError:
-        raise RowExists(f"{table} {pk}/{rk} already exists") from None
-    return Row(table, pk, rk, dict(data), meta.get("etag"))
+    lost = False
+    for attempt in (1, 2):
+        _note("insert")
+        try:
+            with reachable("insert"):
+                meta = await client.create_entity(_entity(pk, rk, data))
+            return Row(table, pk, rk, dict(data), meta.get("etag"))
+        except ResourceExistsError:
+            current = await get(table, pk, rk) if lost else None
+            if current is not None and _holds(current, data):
+                return current
+            raise RowExists(f"{table} {pk}/{rk} already exists") from None
+        except TablesUnavailable:
+            lost = True
+            current = await get(table, pk, rk)
+            if current is not None:
+                if _holds(current, data):
+                    return current
+                raise RowExists(f"{table} {pk}/{rk} already exists") from None
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def replace(row: Row, data: Mapping[str, Any] | None = None) -> Row:
-    """Write `row` back (or `data` in its place) only if nobody changed it since it was read."""
+    """Write `row` back (or `data` in its place) only if nobody changed it since it was read.
+
+    A transport layer may repeat a PUT whose answer was lost (aiohttp does so once on a reused
+    connection), and the repeat of a write that landed is refused as a lost race; so a refusal or a
+    lost answer is settled by reading back: a row holding exactly our data is our write. A lost
+    answer with the row still at the ETag we read did not land, and is sent once more under it.
+    """
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
     from azure.data.tables import UpdateMode
 
     client = await _client(row.table)
     new = dict(row.data if data is None else data)
-    _note("replace")
-    try:
-        meta = await client.update_entity(
-            _entity(row.pk, row.rk, new), mode=UpdateMode.REPLACE, **_match(row.etag)
-        )
-    except ResourceNotFoundError:
-        raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} was deleted meanwhile") from None
-    except HttpResponseError as error:
-        if error.status_code in (409, 412):
-            raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} changed meanwhile") from None
-        raise
-    return Row(row.table, row.pk, row.rk, new, meta.get("etag"))
+
+    async def settle(lost: bool) -> Row | None:
+        current = await get(row.table, row.pk, row.rk)
+        if current is not None and _holds(current, new):
+            return Row(row.table, row.pk, row.rk, new, current.etag)
+        if lost and current is not None and current.etag == row.etag:
+            return None
+        raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} changed meanwhile")
+
+    for attempt in (1, 2):
+        _note("replace")
+        try:
+            with reachable("replace"):
+                meta = await client.update_entity(
+                    _entity(row.pk, row.rk, new), mode=UpdateMode.REPLACE, retry_total=0, **_match(row.etag)
+                )
+            return Row(row.table, row.pk, row.rk, new, meta.get("etag"))
+        except ResourceNotFoundError:
+            raise ConcurrencyConflict(f"{row.table} {row.pk}/{row.rk} was deleted meanwhile") from None
+        except TablesUnavailable:
+            settled = await settle(lost=True)
+            if settled is not None:
+                return settled
+            if attempt == 2:
+                raise
+        except HttpResponseError as error:
+            if error.status_code not in (409, 412):
+                raise
+            settled = await settle(lost=False)
+            assert settled is not None
+            return settled
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def upsert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
@@ -168,7 +229,8 @@ async def upsert(table: str, pk: str, rk: str, data: Mapping[str, Any]) -> Row:
 
     client = await _client(table)
     _note("upsert")
-    meta = await client.upsert_entity(_entity(pk, rk, data), mode=UpdateMode.REPLACE)
+    with reachable("upsert"):
+        meta = await client.upsert_entity(_entity(pk, rk, data), mode=UpdateMode.REPLACE)
     return Row(table, pk, rk, dict(data), meta.get("etag"))
 
 
@@ -179,7 +241,8 @@ async def delete(table: str, pk: str, rk: str, etag: str | None = None) -> None:
     client = await _client(table)
     _note("delete")
     try:
-        await client.delete_entity(pk, rk, **_match(etag))
+        with reachable("delete"):
+            await client.delete_entity(pk, rk, **_match(etag))
     except ResourceNotFoundError:
         if etag is not None:
             raise ConcurrencyConflict(f"{table} {pk}/{rk} was deleted meanwhile") from None
@@ -205,13 +268,14 @@ async def query(
         filter, parameters=dict(parameters or {}), select=select, results_per_page=page_size
     ).by_page()
     seen = 0
-    async for page in pages:
-        async for entity in page:
-            _note(None, 1)
-            yield _row(table, entity)
-            seen += 1
-            if limit is not None and seen >= limit:
-                return
+    with reachable("query"):
+        async for page in pages:
+            async for entity in page:
+                _note(None, 1)
+                yield _row(table, entity)
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
 
 
 async def partition(table: str, pk: str, *, limit: int | None = None) -> list[Row]:
@@ -241,7 +305,8 @@ async def batch(table: str, operations: Iterable[BatchOp]) -> None:
     client = await _client(table)
     _note("batch")
     try:
-        await client.submit_transaction(ops)
+        with reachable("batch"):  # never repeated: a lost answer leaves its outcome unknown
+            await client.submit_transaction(ops)
     except TableTransactionError as error:
         if error.status_code in (404, 409, 412):
             raise ConcurrencyConflict(f"{table}: a row in the batch changed meanwhile") from None
@@ -251,8 +316,9 @@ async def batch(table: str, operations: Iterable[BatchOp]) -> None:
 async def ping() -> None:
     """Readiness: the table service answers."""
     service = await _services.get()
-    async for _ in service.list_tables(results_per_page=1).by_page():
-        break
+    with reachable("list tables"):
+        async for _ in service.list_tables(results_per_page=1).by_page():
+            break
 
 
 def reset_clients() -> None:

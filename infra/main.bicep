@@ -311,5 +311,6 @@ output SITE_URL string = functionApp.outputs.siteUrl
 output OAUTH_REDIRECT_URI string = '${functionApp.outputs.siteUrl}/organization/app-connections/azure/oauth/callback'
 output KEY_VAULT_URL string = keyVault.outputs.uri
 output BROKER_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output BROKER_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output EVENTS_TOPIC_ENDPOINT string = eventGrid.outputs.endpoint

@@ -10,14 +10,16 @@ starts meanwhile; a lease being created (claimed, not yet active) makes the dele
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
-from core import audit, clock
+from core import audit, clock, records
 from core.auth import Caller
 from core.azure_failure import AzureFailure
 from core.errors import Conflict, FieldError, Unprocessable
-from core.tables import ConcurrencyConflict, Row, RowExists
-from leases import provider, store
+from core.tables import ConcurrencyConflict, RowExists
+from leases import provider, secret_copies
+from leases import records as lease_rows
 from leases.models import (
     TERMINAL,
     DynamicSecretCreate,
@@ -26,17 +28,9 @@ from leases.models import (
     DynamicSecretUpdate,
     LeaseStatus,
 )
+from leases.records import DELETING, DynamicSecret, LeaseClaim, SecretIntent, UserClaim
 from leases.revoking import revoke_lease
-from leases.service import (
-    DELETING,
-    RECONCILE_AFTER,
-    azure_problem,
-    check_ttls,
-    ds_out,
-    ds_row,
-    iso,
-    parse_time,
-)
+from leases.service import abandoned, azure_problem, check_ttls, dynamic_secret
 
 READ_USERS_CONCURRENCY = 8
 NAME_MAX = 63
@@ -128,6 +122,34 @@ async def _read_users(access: provider.AppAccess, users: list[str]) -> list[prov
     return result
 
 
+# ---------------------------------------------------------------------------- the user claim
+
+
+async def _claim_user(tenant_id: str, user_id: str, name: str, ds_id: str) -> UserClaim:
+    """Claim a user for one dynamic secret; `RowExists` naming the holder if taken.
+
+    A claim left by a create that crashed before its dynamic secret row was written is taken
+    over once abandoned (older than any create can take).
+    """
+    mine = UserClaim(tenant_id=tenant_id, user_id=user_id, name=name, ds_id=ds_id, claimed_at=clock.now())
+    try:
+        return await records.insert(mine)
+    except RowExists:
+        held = await records.get(UserClaim, tenant_id, user_id)
+    if held is None:
+        return await records.insert(mine)
+    owner = await records.get(DynamicSecret, "ds", held.name)
+    if (owner is not None and owner.id == held.ds_id) or not abandoned(held.claimed_at):
+        raise RowExists(held.name)
+    return await records.replace(mine.model_copy(update={"etag": held.etag}))
+
+
+async def _release_user(tenant_id: str, user_id: str, ds_id: str) -> None:
+    held = await records.get(UserClaim, tenant_id.lower(), user_id)
+    if held is not None and held.ds_id == ds_id:
+        await records.delete(held)
+
+
 # ---------------------------------------------------------------------------- dynamic secrets
 
 
@@ -155,45 +177,43 @@ async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> D
     if clashes:
         raise Unprocessable("two users map to the same dynamic secret name", clashes)
 
-    now = iso(clock.now())
+    now = clock.now()
     plan = [(name, user, uuid.uuid4().hex) for name, user in zip(names, users, strict=True)]
-    claimed: list[tuple[str, str]] = []  # (user id, ds id)
-    written_secrets: list[str] = []
-    inserted: list[Row] = []
-    from core.secret_store import secret_store
+    claimed: list[UserClaim] = []
+    intents: list[SecretIntent] = []
+    inserted: list[DynamicSecret] = []
 
     try:
         for name, user, ds_id in plan:
             try:
-                await store.claim_user(tenant_id, user.id, name, ds_id, RECONCILE_AFTER.total_seconds())
+                claimed.append(await _claim_user(tenant_id, user.id, name, ds_id))
             except RowExists as held:
                 raise Conflict(
                     f"user {user.user_principal_name} is already served by dynamic secret {held.detail!r} "
                     "(one dynamic secret per user)",
                     extra={"dynamicSecretName": held.detail},
                 ) from None
-            claimed.append((user.id, ds_id))
-        refs = [secret_ref(ds_id) for _, _, ds_id in plan]
-        written_secrets.extend(refs)  # before writing: a partial failure is undone too (delete is idempotent)
-        await asyncio.gather(*(secret_store().set(ref, secret) for ref in refs))
-        for (name, user, ds_id), ref in zip(plan, refs, strict=True):
-            data = {
-                "id": ds_id,
-                "prefix": prefix,
-                "tenantId": tenant_id,
-                "applicationId": body.application_id.lower(),
-                "userId": user.id,
-                "userPrincipalName": user.user_principal_name,
-                "defaultTtl": body.default_ttl,
-                "maxTtl": body.max_ttl,
-                "credentialRef": ref,
-                "createdAt": now,
-                "updatedAt": now,
-                "createdBy": caller.id,
-            }
+        intents.extend(await secret_copies.announce([secret_ref(ds_id) for _, _, ds_id in plan]))
+        await secret_copies.write(intents, secret)
+        for (name, user, ds_id), intent in zip(plan, intents, strict=True):
+            ds = DynamicSecret(
+                name=name,
+                id=ds_id,
+                prefix=prefix,
+                tenant_id=tenant_id,
+                application_id=body.application_id.lower(),
+                user_id=user.id,
+                user_principal_name=user.user_principal_name,
+                default_ttl=body.default_ttl,
+                max_ttl=body.max_ttl,
+                credential_ref=intent.ref,
+                created_at=now,
+                updated_at=now,
+                created_by=caller.id,
+            )
             try:
-                inserted.append(await store.insert_dynamic_secret(name, data))
-            except RowExists:
+                inserted.append(await secret_copies.commit_insert(ds, intent))
+            except ConcurrencyConflict:
                 raise Conflict(
                     f"the dynamic secret name {name!r} (derived for {user.user_principal_name}) is taken; "
                     "use another prefix",
@@ -201,24 +221,25 @@ async def create_dynamic_secrets(body: DynamicSecretCreate, caller: Caller) -> D
                     extra={"dynamicSecretName": name},
                 ) from None
     except BaseException:
-        for row in inserted:
-            await store.delete_dynamic_secret(row.rk, row.etag)
-        for ref in written_secrets:
-            await secret_store().delete(ref)
-        for user_id, ds_id in claimed:
-            await store.release_user(tenant_id, user_id, ds_id)
+        for ds in inserted:
+            await records.delete(ds, conditional=False)
+        await secret_copies.discard(intents)
+        for user_claim in claimed:
+            await records.delete(user_claim)
         raise
-    for row in inserted:
-        await audit.record(caller, "dynamic_secret.create", "dynamic-secret", row.rk)
-    return DynamicSecretsCreated(items=[ds_out(row) for row in inserted], warnings=warnings)
+    for ds in inserted:
+        await audit.record(caller, "dynamic_secret.create", "dynamic-secret", ds.name)
+    return DynamicSecretsCreated(
+        items=[DynamicSecretOut.from_record(ds) for ds in inserted], warnings=warnings
+    )
 
 
 async def list_dynamic_secrets(limit: int) -> list[DynamicSecretOut]:
-    return [ds_out(row) for row in await store.list_dynamic_secrets(limit)]
+    return [DynamicSecretOut.from_record(ds) for ds in await lease_rows.list_dynamic_secrets(limit)]
 
 
 async def get_dynamic_secret(name: str) -> DynamicSecretOut:
-    return ds_out(await ds_row(name))
+    return DynamicSecretOut.from_record(await dynamic_secret(name))
 
 
 async def update_dynamic_secret(name: str, body: DynamicSecretUpdate, caller: Caller) -> DynamicSecretOut:
@@ -227,48 +248,52 @@ async def update_dynamic_secret(name: str, body: DynamicSecretUpdate, caller: Ca
     A new secret is written under a new store name before the row (ETag) points at it: the
     loser of two concurrent PATCHes deletes its own copy, the winner the one it replaced.
     """
-    from core.secret_store import secret_store
-
-    row = await ds_row(name)
+    ds = await dynamic_secret(name)
     if body.default_ttl is None and body.max_ttl is None and body.client_secret is None:
         raise Unprocessable(
             "nothing to change", [FieldError("body", "give defaultTtl, maxTtl or clientSecret")]
         )
-    data = dict(row.data)
-    data["defaultTtl"] = body.default_ttl or data["defaultTtl"]
-    data["maxTtl"] = body.max_ttl or data["maxTtl"]
-    check_ttls(data["defaultTtl"], data["maxTtl"])
-    changed = [k for k in ("defaultTtl", "maxTtl") if data[k] != row.data[k]]
-    new_ref = None
-    if body.client_secret is not None:
+    default_ttl, max_ttl = body.default_ttl or ds.default_ttl, body.max_ttl or ds.max_ttl
+    check_ttls(default_ttl, max_ttl)
+    changed = [
+        k
+        for k, new, old in (("defaultTtl", default_ttl, ds.default_ttl), ("maxTtl", max_ttl, ds.max_ttl))
+        if new != old
+    ]
+    update = {"default_ttl": default_ttl, "max_ttl": max_ttl, "updated_at": clock.now()}
+    if body.client_secret is None:
+        try:
+            updated = await records.replace(ds.model_copy(update=update))
+        except ConcurrencyConflict:
+            raise _changed() from None
+    else:
         secret = body.client_secret.get_secret_value()
-        await _check_new_secret(data, secret)
-        new_ref = data["credentialRef"] = secret_ref(str(data["id"]))
-        await secret_store().set(new_ref, secret)
+        await _check_new_secret(ds, secret)
         changed.append("clientSecret")
-    data["updatedAt"] = iso(clock.now())
-    try:
-        updated = await store.replace_dynamic_secret(row, data)
-    except ConcurrencyConflict:
-        if new_ref is not None:
-            await secret_store().delete(new_ref)
-        raise Conflict("the dynamic secret changed meanwhile; read it and try again") from None
-    if new_ref is not None:
-        await secret_store().delete(str(row.data["credentialRef"]))
-        provider.forget_secret(str(row.data["credentialRef"]))
+        intents = await secret_copies.announce([secret_ref(ds.id)], replaces=ds.credential_ref)
+        updated = ds.model_copy(update={**update, "credential_ref": intents[0].ref})
+        try:
+            await secret_copies.write(intents, secret)
+            committed = await secret_copies.commit_replace(updated, intents[0])
+        except BaseException as error:
+            await secret_copies.discard(intents)
+            if isinstance(error, ConcurrencyConflict):
+                raise _changed() from None
+            raise
+        await secret_copies.retire(committed)
     await audit.record(
         caller, "dynamic_secret.update", "dynamic-secret", name, detail="changed " + ", ".join(changed)
     )
-    return ds_out(updated)
+    return DynamicSecretOut.from_record(updated)
 
 
-async def _check_new_secret(data: dict[str, object], secret: str) -> None:
+async def _check_new_secret(ds: DynamicSecret, secret: str) -> None:
     """The new secret signs in as the same app, in the same tenant, and still reads the user."""
-    tenant_id, application_id = str(data["tenantId"]), str(data["applicationId"])
+    tenant_id, application_id = ds.tenant_id, ds.application_id
     access = await provider.access_for_secret(tenant_id, application_id, secret)
     try:
         tenant_guid, _ = await _check_app(access, application_id)
-        await provider.read_user(access, str(data["userId"]))
+        await provider.read_user(access, ds.user_id)
     except AzureFailure as failure:
         await provider.drop_access(tenant_id, application_id, secret)
         raise azure_problem(failure, validating=True) from None
@@ -289,42 +314,41 @@ async def delete_dynamic_secret(name: str, caller: Caller) -> None:
     """
     from core.secret_store import secret_store
 
-    row = await ds_row(name)
-    marker = f"{DELETING}{row.data['id']}"
+    ds = await dynamic_secret(name)
+    marker = LeaseClaim(name=name, lease_id=f"{DELETING}{ds.id}", claimed_at=clock.now())
     for _ in range(5):
         try:
-            await store.insert_claim(name, marker)
+            await records.insert(marker)
             break
         except RowExists:
             pass
-        claim = await store.get_claim(name)
+        claim = await lease_rows.get_claim(name)
         if claim is None:
             continue
-        holder = str(claim.data.get("leaseId"))
-        if holder == marker:
+        if claim.lease_id == marker.lease_id:
             break
-        lease = None if holder.startswith(DELETING) else await store.get_lease(holder)
-        if lease is None and not holder.startswith(DELETING) and not _abandoned(claim):
-            raise _being_created(name, holder)
-        if lease is None or lease.data.get("status") in TERMINAL:
-            await store.delete_claim(claim)
+        lease = None if claim.deleting else await lease_rows.get_lease(claim.lease_id)
+        if lease is None and not claim.deleting and not abandoned(claim.claimed_at):
+            raise _being_created(name, claim.lease_id)
+        if lease is None or lease.status in TERMINAL:
+            with contextlib.suppress(ConcurrencyConflict):  # someone else's claim now: look again
+                await records.delete(claim)
             continue
-        if lease.data.get("status") == LeaseStatus.PENDING.value:
-            raise _being_created(name, holder)
-        await revoke_lease(holder, caller, force=False, reason="dynamic secret deleted")
+        if lease.status == LeaseStatus.PENDING:
+            raise _being_created(name, claim.lease_id)
+        await revoke_lease(claim.lease_id, caller, force=False, reason="dynamic secret deleted")
     else:
         raise Conflict("leases keep being created for this dynamic secret; try again")
-    await secret_store().delete(row.data["credentialRef"])
-    provider.forget_secret(row.data["credentialRef"])
-    await store.release_user(row.data["tenantId"], row.data["userId"], row.data["id"])
-    await store.delete_dynamic_secret(name, None)
-    await store.delete_claim(None, name)
+    await secret_store().delete(ds.credential_ref)
+    provider.forget_secret(ds.credential_ref)
+    await _release_user(ds.tenant_id, ds.user_id, ds.id)
+    await records.delete(ds, conditional=False)
+    await records.delete(marker, conditional=False)
     await audit.record(caller, "dynamic_secret.delete", "dynamic-secret", name)
 
 
-def _abandoned(claim: Row) -> bool:
-    """A claim whose create died before writing its lease (older than any create can take)."""
-    return clock.now() - parse_time(claim.data.get("claimedAt")) > RECONCILE_AFTER
+def _changed() -> Conflict:
+    return Conflict("the dynamic secret changed meanwhile; read it and try again")
 
 
 def _being_created(name: str, lease_id: str) -> Conflict:

@@ -12,13 +12,18 @@ States of a lease (`status`):
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, WithJsonSchema
 
-from core.durations import parse_duration
+from core import clock
+from core.durations import format_duration, parse_duration
 from core.models import ApiModel, RequestModel
+
+if TYPE_CHECKING:
+    from leases.records import DynamicSecret, Lease
 
 MAX_USERS_PER_REQUEST = 100
 PREFIX_PATTERN = r"^[A-Za-z][A-Za-z0-9-]{0,29}$"
@@ -39,14 +44,26 @@ class LeaseStatus(StrEnum):
 TERMINAL = {LeaseStatus.REVOKED, LeaseStatus.FORGOTTEN}
 
 
-def _duration(value: str | None) -> str | None:
-    if value is None:
-        return None
-    parse_duration(value)  # ValueError -> 422 naming the field, with the accepted form
-    return value
+def _duration(value: object) -> timedelta:
+    """The one place a TTL's text is parsed: a ValueError is a 422 naming the field and the form."""
+    if isinstance(value, str) and not 2 <= len(value) <= 32:  # the wording of pydantic's own checks
+        raise ValueError(f"String should have at {'least 2' if len(value) < 2 else 'most 32'} characters")
+    return parse_duration(value)  # type: ignore[arg-type]  # not a string: the accepted form
 
 
-Duration = Annotated[str, Field(min_length=2, max_length=32, examples=["1h", "15m", "1h30m", "7d"])]
+# A TTL as the API writes it (`1h30m`), a `timedelta` from the request model on.
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {"type": "string", "minLength": 2, "maxLength": 32, "examples": ["1h", "15m", "1h30m", "7d"]}
+    ),
+]
+
+
+def _time(at: datetime | None) -> str | None:
+    return None if at is None else clock.isoformat(at)
 
 
 class DynamicSecretCreate(RequestModel):
@@ -65,8 +82,6 @@ class DynamicSecretCreate(RequestModel):
         ),
     ]
 
-    _ttls = field_validator("default_ttl", "max_ttl")(_duration)
-
 
 class DynamicSecretUpdate(RequestModel):
     """Change the TTLs or the app's client secret (re-validated against Entra ID)."""
@@ -74,8 +89,6 @@ class DynamicSecretUpdate(RequestModel):
     default_ttl: Duration | None = None
     max_ttl: Duration | None = None
     client_secret: Annotated[SecretStr | None, Field(min_length=1, max_length=1024)] = None
-
-    _ttls = field_validator("default_ttl", "max_ttl")(_duration)
 
 
 class DynamicSecretOut(ApiModel):
@@ -91,6 +104,18 @@ class DynamicSecretOut(ApiModel):
     created_at: str
     updated_at: str
 
+    @classmethod
+    def from_record(cls, ds: DynamicSecret) -> Self:
+        return cls(
+            **ds.model_dump(
+                include=set(cls.model_fields) - {"default_ttl", "max_ttl", "created_at", "updated_at"}
+            ),
+            default_ttl=format_duration(ds.default_ttl),
+            max_ttl=format_duration(ds.max_ttl),
+            created_at=clock.isoformat(ds.created_at),
+            updated_at=clock.isoformat(ds.updated_at),
+        )
+
 
 class DynamicSecretList(ApiModel):
     items: list[DynamicSecretOut]
@@ -104,13 +129,9 @@ class DynamicSecretsCreated(ApiModel):
 class LeaseCreate(RequestModel):
     ttl: Duration | None = None
 
-    _ttl = field_validator("ttl")(_duration)
-
 
 class LeaseRenew(RequestModel):
     ttl: Duration | None = Field(default=None, description="default: the dynamic secret's defaultTtl")
-
-    _ttl = field_validator("ttl")(_duration)
 
 
 class LeaseOut(ApiModel):
@@ -128,6 +149,11 @@ class LeaseOut(ApiModel):
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: str | None = None
+
+    @classmethod
+    def from_record(cls, lease: Lease) -> Self:
+        times = {name: _time(getattr(lease, name)) for name in cls.model_fields if name.endswith("_at")}
+        return cls(**lease.model_dump(include=set(cls.model_fields) - set(times)), **times)
 
 
 class Credentials(ApiModel):

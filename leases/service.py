@@ -2,7 +2,7 @@
 
 Dynamic secrets live in `leases.dynamic_secrets`, revoking in `leases.revoking`.
 
-A lease's life, and what each step writes (see store.py for the keys):
+A lease's life, and what each step writes (see records.py for the keys):
 
 1. claim the user (`Leases/{name}/active`, insert: a second lease is a 409 naming the first);
 2. intent + due entry (`LeaseIndex`, one transaction), then the lease row as `pending`;
@@ -26,14 +26,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import audit, azure_gateway, clock, events
+from core import audit, azure_gateway, clock, events, records
 from core.auth import Caller
 from core.azure_failure import AzureFailure
-from core.durations import format_duration, parse_duration
+from core.durations import format_duration
 from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable, Unprocessable
-from core.tables import ConcurrencyConflict, Row, RowExists
-from leases import provider, store
-from leases.models import Credentials, DynamicSecretOut, LeaseCreated, LeaseOut, LeaseRenewed, LeaseStatus
+from core.tables import ConcurrencyConflict, RowExists
+from leases import provider
+from leases import records as lease_rows
+from leases.models import Credentials, LeaseCreated, LeaseOut, LeaseRenewed, LeaseStatus
+from leases.records import DELETING, DynamicSecret, IndexEntry, Lease, LeaseClaim, index_key
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +51,25 @@ FIELDS = {"clientId": "applicationId"}
 CLAIM_FOR = timedelta(minutes=2)
 BACKOFF_FIRST = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
-DELETING = "(deleting)"  # claim marker of a dynamic secret being deleted
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def iso(at: datetime) -> str:
-    return clock.isoformat(at)
+def abandoned(claimed_at: datetime) -> bool:
+    """A claim older than any create can take: its creator died before writing its lease."""
+    return clock.now() - claimed_at > RECONCILE_AFTER
 
 
-def parse_time(text: Any) -> datetime:
-    return datetime.fromisoformat(str(text))
-
-
-async def credential_ref(lease: Row) -> str:
+async def credential_ref(lease: Lease) -> str:
     """The secret-store name of the app's client secret: the dynamic secret's current one.
 
     A PATCH writes a new secret under a new name and deletes the old one, so a lease made
     before it reads the name through its dynamic secret (its own copy if that is gone).
     """
-    ds = await store.get_dynamic_secret(str(lease.data["dynamicSecretName"]))
-    if ds is not None and ds.data.get("id") == lease.data.get("dynamicSecretId"):
-        return str(ds.data["credentialRef"])
-    return str(lease.data["credentialRef"])
+    ds = await records.get(DynamicSecret, "ds", lease.dynamic_secret_name)
+    return ds.credential_ref if ds is not None and ds.id == lease.dynamic_secret_id else lease.credential_ref
 
 
 def backoff(attempts: int) -> timedelta:
@@ -81,22 +77,14 @@ def backoff(attempts: int) -> timedelta:
     return min(BACKOFF_MAX, BACKOFF_FIRST * (1 << min(20, max(0, attempts - 1))))
 
 
-def _ttl(value: str, field: str) -> timedelta:
-    try:
-        return parse_duration(value)
-    except ValueError as error:
-        raise Unprocessable(f"{field} is not a duration", [FieldError(field, str(error))]) from None
-
-
-def check_ttls(default_ttl: str, max_ttl: str) -> None:
-    default, maximum = _ttl(default_ttl, "defaultTtl"), _ttl(max_ttl, "maxTtl")
+def check_ttls(default: timedelta, maximum: timedelta) -> None:
     errors = []
     if maximum < MIN_TTL:
         errors.append(FieldError("maxTtl", f"must be at least {format_duration(MIN_TTL)}"))
     if default < MIN_TTL:
         errors.append(FieldError("defaultTtl", f"must be at least {format_duration(MIN_TTL)}"))
     if default > maximum:
-        errors.append(FieldError("defaultTtl", f"must not exceed maxTtl ({max_ttl})"))
+        errors.append(FieldError("defaultTtl", f"must not exceed maxTtl ({format_duration(maximum)})"))
     if errors:
         raise Unprocessable("the TTLs are inconsistent", errors)
 
@@ -106,55 +94,18 @@ def azure_problem(failure: AzureFailure, *, validating: bool = False, **extra: A
     return failure.problem(validating=validating, fields=FIELDS, **extra)
 
 
-def ds_out(row: Row) -> DynamicSecretOut:
-    d = row.data
-    return DynamicSecretOut(
-        name=row.rk,
-        id=d["id"],
-        prefix=d["prefix"],
-        tenant_id=d["tenantId"],
-        application_id=d["applicationId"],
-        user_id=d["userId"],
-        user_principal_name=d["userPrincipalName"],
-        default_ttl=d["defaultTtl"],
-        max_ttl=d["maxTtl"],
-        created_at=d["createdAt"],
-        updated_at=d["updatedAt"],
-    )
-
-
-def lease_out(row: Row) -> LeaseOut:
-    d = row.data
-    return LeaseOut(
-        id=row.rk,
-        dynamic_secret_name=d["dynamicSecretName"],
-        user_id=d["userId"],
-        user_principal_name=d["userPrincipalName"],
-        status=LeaseStatus(d["status"]),
-        created_at=d["createdAt"],
-        expires_at=d["expiresAt"],
-        max_expires_at=d["maxExpiresAt"],
-        renewed_at=d.get("renewedAt"),
-        revoked_at=d.get("revokedAt"),
-        revoked_by=d.get("revokedBy"),
-        attempts=int(d.get("attempts") or 0),
-        last_error=d.get("lastError"),
-        next_attempt_at=d.get("nextAttemptAt"),
-    )
-
-
-async def ds_row(name: str) -> Row:
-    row = await store.get_dynamic_secret(name) if _NAME.match(name) else None
-    if row is None:
+async def dynamic_secret(name: str) -> DynamicSecret:
+    ds = await records.get(DynamicSecret, "ds", name) if _NAME.match(name) else None
+    if ds is None:
         raise NotFound(f"no dynamic secret is named {name!r}")
-    return row
+    return ds
 
 
-async def lease_row(lease_id: str) -> Row:
-    row = await store.get_lease(lease_id)
-    if row is None:
+async def lease_record(lease_id: str) -> Lease:
+    lease = await lease_rows.get_lease(lease_id)
+    if lease is None:
         raise NotFound(f"no lease has the id {lease_id!r}")
-    return row
+    return lease
 
 
 # ---------------------------------------------------------------------------- creating a lease
@@ -164,168 +115,162 @@ async def lease_row(lease_id: str) -> Row:
 class PendingLease:
     """A lease between its intent and its activation."""
 
-    row: Row
-    intent_key: str
+    lease: Lease
+    intent: IndexEntry
 
 
-async def begin_lease(name: str, ttl: str | None, caller: Caller) -> PendingLease:
+async def begin_lease(name: str, ttl: timedelta | None, caller: Caller) -> PendingLease:
     """Steps 1-2: claim the user, write the intent and the `pending` lease. Nothing in Azure yet."""
-    ds = await ds_row(name)
-    maximum = parse_duration(ds.data["maxTtl"])
-    wanted = _ttl(ttl, "ttl") if ttl else parse_duration(ds.data["defaultTtl"])
-    if wanted > maximum:
+    ds = await dynamic_secret(name)
+    wanted = ttl or ds.default_ttl
+    if wanted > ds.max_ttl:
         raise Unprocessable(
             "the TTL is above the dynamic secret's maxTtl",
-            [FieldError("ttl", f"must be at most {ds.data['maxTtl']}")],
+            [FieldError("ttl", f"must be at most {format_duration(ds.max_ttl)}")],
         )
     if wanted < MIN_TTL:
         raise Unprocessable(
             "the TTL is too short", [FieldError("ttl", f"must be at least {format_duration(MIN_TTL)}")]
         )
     now = clock.now()
-    lease_id = store.new_lease_id(name)
-    await _claim_user(name, ds.data["id"], lease_id, ds.data["userPrincipalName"])
-    await _still_there(name, ds.data["id"], lease_id)
-    expires = iso(now + wanted)
-    due_key = store.index_key("due", expires, lease_id)
-    intent_key = await store.write_intent(lease_id, iso(now), due_key)
-    data = {
-        "leaseId": lease_id,
-        "dynamicSecretName": name,
-        "dynamicSecretId": ds.data["id"],
-        "tenantId": ds.data["tenantId"],
-        "applicationId": ds.data["applicationId"],
-        "credentialRef": ds.data["credentialRef"],
-        "userId": ds.data["userId"],
-        "userPrincipalName": ds.data["userPrincipalName"],
-        "status": LeaseStatus.PENDING.value,
-        "createdAt": iso(now),
-        "expiresAt": expires,
-        "maxExpiresAt": iso(now + maximum),
-        "dueKey": due_key,
-        "attempts": 0,
-        "createdBy": caller.id,
-    }
-    return PendingLease(await store.insert_lease(lease_id, data), intent_key)
+    lease_id = lease_rows.new_lease_id(name)
+    await _claim_user(ds, lease_id)
+    await _still_there(ds, lease_id)
+    lease = Lease(
+        id=lease_id,
+        dynamic_secret_name=name,
+        dynamic_secret_id=ds.id,
+        tenant_id=ds.tenant_id,
+        application_id=ds.application_id,
+        credential_ref=ds.credential_ref,
+        user_id=ds.user_id,
+        user_principal_name=ds.user_principal_name,
+        status=LeaseStatus.PENDING,
+        created_at=now,
+        expires_at=now + wanted,
+        max_expires_at=now + ds.max_ttl,
+        due_key=index_key("due", now + wanted, lease_id),
+        created_by=caller.id,
+    )
+    intent = await lease_rows.write_intent(lease)
+    return PendingLease(await records.insert(lease), intent)
 
 
-async def _still_there(name: str, ds_id: str, lease_id: str) -> None:
+async def _still_there(ds: DynamicSecret, lease_id: str) -> None:
     """After the claim: the dynamic secret read before it must still exist.
 
     A delete holds the claim row for its whole run, so once this lease holds it no delete can
     run; one that ran between our read and our claim is seen here, and nothing was done yet.
     """
-    current = await store.get_dynamic_secret(name)
-    if current is None or current.data.get("id") != ds_id:
-        await store.release_claim(name, lease_id)
-        raise NotFound(f"no dynamic secret is named {name!r} (it was deleted meanwhile)")
+    current = await records.get(DynamicSecret, "ds", ds.name)
+    if current is None or current.id != ds.id:
+        await lease_rows.release_claim(ds.name, lease_id)
+        raise NotFound(f"no dynamic secret is named {ds.name!r} (it was deleted meanwhile)")
 
 
-async def _claim_user(name: str, ds_id: str, lease_id: str, upn: str) -> None:
+async def _claim_user(ds: DynamicSecret, lease_id: str) -> None:
+    mine = LeaseClaim(name=ds.name, lease_id=lease_id, claimed_at=clock.now())
     try:
-        await store.insert_claim(name, lease_id)
+        await records.insert(mine)
         return
     except RowExists:
-        claim = await store.get_claim(name)
+        claim = await lease_rows.get_claim(ds.name)
     if claim is None:
-        await store.insert_claim(name, lease_id)
+        await records.insert(mine)
         return
-    holder = str(claim.data.get("leaseId"))
-    if holder == f"{DELETING}{ds_id}":
-        raise Conflict(f"the dynamic secret {name!r} is being deleted")
-    age = clock.now() - parse_time(claim.data.get("claimedAt"))
-    stale_marker = holder.startswith(DELETING)  # left by an earlier dynamic secret of this name
-    if stale_marker or (age > RECONCILE_AFTER and await store.get_lease(holder) is None):
-        try:  # a create died between its claim and its intent: nothing else refers to the claim
-            await store.take_over_claim(claim, lease_id)
+    if claim.lease_id == f"{DELETING}{ds.id}":
+        raise Conflict(f"the dynamic secret {ds.name!r} is being deleted")
+    # a marker left by an earlier dynamic secret of this name, or a create that died between
+    # its claim and its intent: nothing else refers to the claim
+    if claim.deleting or (abandoned(claim.claimed_at) and await lease_rows.get_lease(claim.lease_id) is None):
+        try:
+            await records.replace(mine.model_copy(update={"etag": claim.etag}))
             return
         except ConcurrencyConflict:
             pass
     raise Conflict(
-        f"{upn} already has an active lease {holder}; revoke it or wait for it to expire",
-        extra={"activeLeaseId": holder},
+        f"{ds.user_principal_name} already has an active lease {claim.lease_id}; "
+        "revoke it or wait for it to expire",
+        extra={"activeLeaseId": claim.lease_id},
         code="active-lease-exists",
     )
 
 
 async def set_lease_password(pending: PendingLease) -> str:
     """Step 3: the one Graph call. Returns the password (kept in memory only)."""
-    d = pending.row.data
+    lease = pending.lease
     password = provider.generate_password()
 
     async def call(access: provider.AppAccess) -> None:
-        await provider.set_password(access, d["userId"], password)
+        await provider.set_password(access, lease.user_id, password)
 
     async with azure_gateway.deadline(CREATE_BUDGET.total_seconds()):
-        await provider.with_stored_access(
-            d["tenantId"], d["applicationId"], await credential_ref(pending.row), call
-        )
+        ref = await credential_ref(lease)
+        await provider.with_stored_access(lease.tenant_id, lease.application_id, ref, call)
     return password
 
 
-async def activate_lease(pending: PendingLease, caller: Caller) -> Row:
+async def activate_lease(pending: PendingLease, caller: Caller) -> Lease:
     """Step 4: `pending -> active` (ETag), then the intent goes."""
-    data = {**pending.row.data, "status": LeaseStatus.ACTIVE.value}
     try:
-        row = await store.replace_lease(pending.row, data)
+        lease = await records.replace(pending.lease.model_copy(update={"status": LeaseStatus.ACTIVE}))
     except ConcurrencyConflict:
         raise Unavailable(
             "the lease took too long to record and the reconciler reset its password; try again",
             headers={"Retry-After": "5"},
         ) from None
-    await store.delete_index(row.rk, pending.intent_key)
+    await records.delete(pending.intent, conditional=False)
+    expires = clock.isoformat(lease.expires_at)
     events.emit(
         "lease.created",
-        leaseId=row.rk,
-        dynamicSecretName=data["dynamicSecretName"],
-        userId=data["userId"],
-        expiresAt=data["expiresAt"],
+        leaseId=lease.id,
+        dynamicSecretName=lease.dynamic_secret_name,
+        userId=lease.user_id,
+        expiresAt=expires,
     )
-    await audit.record(caller, "lease.create", "lease", row.rk, detail=f"expires {data['expiresAt']}")
-    return row
+    await audit.record(caller, "lease.create", "lease", lease.id, detail=f"expires {expires}")
+    return lease
 
 
-async def abandon_lease(pending: PendingLease, failure: AzureFailure, caller: Caller) -> Row | None:
+async def abandon_lease(pending: PendingLease, failure: AzureFailure, caller: Caller) -> Lease | None:
     """The Graph call failed. If Azure surely changed nothing, undo everything; if the outcome
     is unknown (timeout, 5xx), hand the lease to the sweeper to reset now (`revoke_failed`)."""
-    row = pending.row
-    lease_id = row.rk
+    lease = pending.lease
     if not failure.transient or failure.status == 429:
-        await store.delete_lease_rows(row, with_claim=True)
-        await store.delete_index(lease_id, pending.intent_key, str(row.data["dueKey"]))
-        await audit.record(caller, "lease.create", "lease", lease_id, "failure", failure.describe())
+        await lease_rows.delete_unborn(lease, pending.intent)
+        await audit.record(caller, "lease.create", "lease", lease.id, "failure", failure.describe())
         return None
     now = clock.now()
-    due_key = store.index_key("due", iso(now), lease_id)
-    data = {
-        **row.data,
-        "status": LeaseStatus.REVOKE_FAILED.value,
-        "lastError": "creation: " + failure.describe(),
-        "nextAttemptAt": iso(now),
-        "dueKey": due_key,
-    }
+    failed = lease.model_copy(
+        update={
+            "status": LeaseStatus.REVOKE_FAILED,
+            "last_error": "creation: " + failure.describe(),
+            "next_attempt_at": now,
+            "due_key": index_key("due", now, lease.id),
+        }
+    )
     try:
-        row = await store.replace_lease(row, data)
+        failed = await records.replace(failed)
     except ConcurrencyConflict:
         return None  # the reconciler took it
-    await store.move_due(lease_id, str(pending.row.data["dueKey"]), due_key, str(data["createdAt"]))
-    await store.delete_index(lease_id, pending.intent_key)
-    await audit.record(caller, "lease.create", "lease", lease_id, "failure", data["lastError"])
-    return row
+    await lease_rows.move_due(lease, failed)
+    await records.delete(pending.intent, conditional=False)
+    await audit.record(caller, "lease.create", "lease", lease.id, "failure", str(failed.last_error))
+    return failed
 
 
-async def create_lease(name: str, ttl: str | None, caller: Caller) -> LeaseCreated:
+async def create_lease(name: str, ttl: timedelta | None, caller: Caller) -> LeaseCreated:
     pending = await begin_lease(name, ttl, caller)
     try:
         password = await set_lease_password(pending)
     except AzureFailure as failure:
         kept = await abandon_lease(pending, failure, caller)
-        extra = {"leaseId": kept.rk, "leaseStatus": kept.data["status"]} if kept else {}
+        extra: dict[str, Any] = {"leaseId": kept.id, "leaseStatus": kept.status.value} if kept else {}
         raise azure_problem(failure, **extra) from None
-    row = await activate_lease(pending, caller)
+    lease = await activate_lease(pending, caller)
     return LeaseCreated(
-        lease=lease_out(row),
-        credentials=Credentials(user_principal_name=row.data["userPrincipalName"], password=password),
+        lease=LeaseOut.from_record(lease),
+        credentials=Credentials(user_principal_name=lease.user_principal_name, password=password),
     )
 
 
@@ -333,56 +278,63 @@ async def create_lease(name: str, ttl: str | None, caller: Caller) -> LeaseCreat
 
 
 async def list_leases(name: str, status: LeaseStatus | None, limit: int) -> list[LeaseOut]:
-    ds = await ds_row(name)
-    rows = await store.list_leases(name, ds.data["id"], limit, status.value if status else None)
-    return [lease_out(row) for row in rows]
+    ds = await dynamic_secret(name)
+    leases = await lease_rows.list_leases(name, ds.id, limit, status)
+    return [LeaseOut.from_record(lease) for lease in leases]
 
 
 async def get_lease(lease_id: str) -> LeaseOut:
-    return lease_out(await lease_row(lease_id))
+    return LeaseOut.from_record(await lease_record(lease_id))
 
 
-async def renew_lease(lease_id: str, ttl: str | None, caller: Caller) -> LeaseRenewed:
+async def renew_lease(lease_id: str, ttl: timedelta | None, caller: Caller) -> LeaseRenewed:
     """New expiry = now + ttl, never past createdAt + maxTtl (the response says when capped)."""
-    row = await lease_row(lease_id)
+    lease = await lease_record(lease_id)
     now = clock.now()
-    if row.data["status"] != LeaseStatus.ACTIVE.value or parse_time(row.data["expiresAt"]) <= now:
+    if lease.status != LeaseStatus.ACTIVE or lease.expires_at <= now:
         raise Conflict(
-            f"only an active, unexpired lease can be renewed; this one is {row.data['status']}"
-            + (" and expired" if parse_time(row.data["expiresAt"]) <= now else "")
+            f"only an active, unexpired lease can be renewed; this one is {lease.status.value}"
+            + (" and expired" if lease.expires_at <= now else "")
         )
-    ds = await store.get_dynamic_secret(row.data["dynamicSecretName"])
-    cap = parse_time(row.data["maxExpiresAt"])
-    default_ttl = ds.data["defaultTtl"] if ds else None
+    ds = await records.get(DynamicSecret, "ds", lease.dynamic_secret_name)
+    cap = lease.max_expires_at
     if ds is not None:  # a lowered maxTtl applies to renewals of existing leases too
-        cap = min(cap, parse_time(row.data["createdAt"]) + parse_duration(ds.data["maxTtl"]))
-    if not ttl and not default_ttl:
+        cap = min(cap, lease.created_at + ds.max_ttl)
+    wanted = ttl or (ds.default_ttl if ds else None)
+    if wanted is None:
         raise Unprocessable("give a ttl", [FieldError("ttl", "is required")])
-    wanted = _ttl(ttl or str(default_ttl), "ttl")
     requested = now + wanted
     new_expiry = min(requested, cap)
     if new_expiry <= now:
         raise Conflict("the lease has reached its maximum lifetime and cannot be renewed")
-    old_key = str(row.data["dueKey"])
-    new_key = store.index_key("due", iso(new_expiry), lease_id)
-    await store.add_due(lease_id, new_key, row.data["createdAt"])  # before the lease points at it
-    data = {**row.data, "expiresAt": iso(new_expiry), "renewedAt": iso(now), "dueKey": new_key}
+    renewed = lease.model_copy(
+        update={
+            "expires_at": new_expiry,
+            "renewed_at": now,
+            "due_key": index_key("due", new_expiry, lease_id),
+        }
+    )
+    await records.upsert(IndexEntry.of("due", new_expiry, lease))  # before the lease points at it
     try:
-        row = await store.replace_lease(row, data)
+        renewed = await records.replace(renewed)
     except ConcurrencyConflict:
-        if new_key != old_key:
-            await store.delete_index(lease_id, new_key)
+        if renewed.due_key != lease.due_key:
+            await lease_rows.delete_index(lease_id, renewed.due_key)
         raise Conflict("the lease changed meanwhile (is it being revoked?); read it and try again") from None
-    if new_key != old_key:
-        await store.delete_index(lease_id, old_key)
+    if renewed.due_key != lease.due_key:
+        await lease_rows.delete_index(lease_id, lease.due_key)
     capped = requested > cap
+    expires = clock.isoformat(new_expiry)
     await audit.record(
         caller,
         "lease.renew",
         "lease",
         lease_id,
-        detail=f"expires {data['expiresAt']}" + (" (capped)" if capped else ""),
+        detail=f"expires {expires}" + (" (capped)" if capped else ""),
     )
     return LeaseRenewed(
-        lease=lease_out(row), capped=capped, requested_expires_at=iso(requested), max_expires_at=iso(cap)
+        lease=LeaseOut.from_record(renewed),
+        capped=capped,
+        requested_expires_at=clock.isoformat(requested),
+        max_expires_at=clock.isoformat(cap),
     )

@@ -23,11 +23,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import audit, azure_gateway, clock
-from core.azure_failure import AzureFailure
-from core.tables import ConcurrencyConflict, Row
-from leases import revoking, service, store
-from leases.models import TERMINAL, LeaseStatus
+from core import azure_gateway, clock
+from leases import revoking
+from leases.records import IndexEntry
 
 log = logging.getLogger(__name__)
 
@@ -57,54 +55,18 @@ def _throttled(key: tuple[str, str]) -> bool:
     return azure_gateway.paused_for(key) > DEFER_WHEN_PAUSED
 
 
-def _is_stale(entry: Row, row: Row, now: datetime) -> bool:
-    """An entry the lease no longer points at, for a lease not due yet (renewed, retried later)."""
-    return entry.rk != row.data.get("dueKey") and revoking.due_time(row) > now
-
-
-async def sweep_one(entry: Row, now: datetime, holder: str, deadline: datetime, lanes: Lanes) -> str:
+async def sweep_one(entry: IndexEntry, now: datetime, holder: str, deadline: datetime, lanes: Lanes) -> str:
     """Act on one due entry; returns what happened (a summary key)."""
-    lease_id = str(entry.data.get("leaseId"))
     async with lanes.reading:
-        row = await store.get_lease(lease_id)
-    if row is None:
-        created = service.parse_time(entry.data.get("createdAt"))
-        if now - created > 2 * service.RECONCILE_AFTER:  # no create can still be writing it
-            await store.delete_index(lease_id, entry.rk)
-            return "orphans"
-        return "skipped"
-    status = row.data["status"]
-    if status in TERMINAL:
-        await store.delete_index(lease_id, entry.rk)
-        return "stale"
-    if status == LeaseStatus.PENDING.value:
-        return "skipped"  # its create is running, or the reconciler will resolve it
-    if revoking.due_time(row) > now:
-        if _is_stale(entry, row, now):
-            await store.delete_index(lease_id, entry.rk)
-            return "stale"
-        return "skipped"  # claimed by a live sweeper, or not due yet
-    key = (str(row.data["tenantId"]).lower(), str(row.data["applicationId"]).lower())
-    if _throttled(key):
+        lease = await revoking.lease_to_sweep(entry, now)
+    if isinstance(lease, str):
+        return lease
+    if _throttled(lease.app):
         return "deferred"
-    async with lanes.lane(key):
-        if clock.now() > deadline or _throttled(key):
+    async with lanes.lane(lease.app):
+        if clock.now() > deadline or _throttled(lease.app):
             return "deferred"
-        return await _revoke(row, holder, deadline)
-
-
-async def _revoke(row: Row, holder: str, deadline: datetime) -> str:
-    try:
-        claimed = await revoking.claim_for_revoke(row, holder)
-    except ConcurrencyConflict:
-        return "lost"  # another sweeper (or a caller) claimed it first
-    try:
-        await revoking.reset_password(claimed, until=deadline)
-    except AzureFailure as failure:
-        await revoking.record_failure(claimed, failure, audit.SYSTEM)
-        return "failed"
-    await revoking.complete_revoke(claimed, "sweeper", audit.SYSTEM, detail=f"expired; revoked by {holder}")
-    return "revoked"
+        return await revoking.revoke(lease, holder, until=deadline)
 
 
 async def sweep_expired_leases() -> dict[str, Any]:
@@ -113,16 +75,16 @@ async def sweep_expired_leases() -> dict[str, Any]:
     now = clock.now()
     deadline = now + timedelta(seconds=BUDGET_SECONDS)
     holder = f"sweeper-{uuid.uuid4().hex[:8]}"
-    entries = await store.index_entries("due", now, limit=MAX_PER_SWEEP)
+    entries = await revoking.due_entries(now, MAX_PER_SWEEP)
     lanes = Lanes()
     counts: Counter[str] = Counter()
 
-    async def work(entry: Row) -> None:
+    async def work(entry: IndexEntry) -> None:
         try:
             counts[await sweep_one(entry, now, holder, deadline, lanes)] += 1
         except Exception as error:  # one bad lease must not stop the sweep; its claim expires
             counts["errors"] += 1
-            log.warning("sweeping %s failed: %s", entry.data.get("leaseId"), type(error).__name__)
+            log.warning("sweeping %s failed: %s", entry.lease_id, type(error).__name__)
 
     await asyncio.gather(*(work(entry) for entry in entries))
     return {"due": len(entries), **dict(counts), "seconds": round(time.monotonic() - started, 3)}

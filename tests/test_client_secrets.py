@@ -9,13 +9,15 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from connections import azure_errors, client_secrets, store
+from connections import client_secrets, store
+from core import azure_gateway
 from tests.azure_fake import make_self_signed_certificate
 from tests.conn_support import (
     CS_PATH,
@@ -38,7 +40,7 @@ def tenant(fake_azure: Any) -> Any:
 @pytest.fixture
 def fast_deadline(monkeypatch: pytest.MonkeyPatch) -> float:
     """Azure steps give up after 1 s (the server runs in this process), so timeouts test quickly."""
-    monkeypatch.setattr(azure_errors, "STEP_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(azure_gateway, "DEFAULT_BUDGET_SECONDS", 1.0)
     return 1.0
 
 
@@ -402,6 +404,29 @@ def test_a_silent_azure_is_a_504_not_a_hang(
     assert body["step"] == step
     fake_azure.reset_faults()
     assert create(api, client_secret_body(name, tenant, app, secret)).status_code == 201
+
+
+def test_graph_validation_honours_retry_after_and_stops_at_its_deadline(
+    api: httpx.Client, fake_azure: Any, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the gateway: the 429's Retry-After is waited out before the one retry, and a Graph
+    that then stops answering is cut at the call's deadline (504), not left to hang."""
+    monkeypatch.setattr(azure_gateway, "DEFAULT_BUDGET_SECONDS", 4.0)
+    app, _, secret = new_app(fake_azure, tenant)
+    fake_azure.inject("graph", "429", count=1, path_pattern=app.app_id, retry_after=2)
+    fake_azure.inject("graph", "timeout", count=None, path_pattern=app.app_id, seconds=15)
+    started = time.monotonic()
+    name = unique("deadline")
+    answer = create(api, client_secret_body(name, tenant, app, secret))
+    elapsed = time.monotonic() - started
+    fake_azure.reset_faults()
+    body = assert_problem(answer, 504)
+    assert body["step"] == "graph-call"
+    sent = [r for r in fake_azure.request_log("graph") if app.app_id in r.path]
+    assert len(sent) == 2  # the throttled request and one retry, not the SDK's own retries on top
+    assert sent[1].at - sent[0].at >= 1.9  # Retry-After: 2 honoured
+    assert elapsed < 4.0 + 2.0  # stopped at the deadline, not at the silent Graph's 15 s
+    assert name not in [c["name"] for c in api.get(CS_PATH).json()["items"]]
 
 
 # --------------- names

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connections import azure_errors
+from core import azure_gateway
 from tests.conn_support import (
     DEVOPS_PATH,
     app_settings,
@@ -266,7 +266,7 @@ def test_devops_persistent_failures(
     body = assert_problem(api.post(DEVOPS_PATH, json=pat_body(unique("down"), token, org.name)), 502)
     assert body["step"] == "devops-call"
     fake_azure.reset_faults()
-    monkeypatch.setattr(azure_errors, "STEP_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(azure_gateway, "DEFAULT_BUDGET_SECONDS", 1.0)
     fake_azure.inject("devops", "timeout", count=None, path_pattern="_apis/projects", seconds=5)
     assert assert_problem(api.post(DEVOPS_PATH, json=pat_body(unique("slow"), token, org.name)), 504)[
         "step"

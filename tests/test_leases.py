@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from core import azure_gateway, clock, tables
+from core import azure_gateway, clock, records, tables
 from core.durations import parse_duration
 from core.errors import Unavailable
-from leases import reconciler, revoking, service, store, sweeper
+from leases import reconciler, revoking, service, sweeper
+from leases import records as lease_rows
+from leases.models import LeaseStatus
+from leases.records import IndexEntry, LeaseClaim
 from tests.harness import ServerHandle, assert_problem
 from tests.test_leases_support import (
     EntraSetup,
@@ -44,8 +47,8 @@ def one_secret(api: httpx.Client, setup: EntraSetup, **overrides: Any) -> str:
 
 
 def index_keys(broker: ServerHandle, lease_id: str) -> list[str]:
-    shard = store.shard_of(lease_id)
-    rows = broker.run(tables.partition(store.LEASE_INDEX_TABLE, shard))
+    shard = lease_rows.shard_of(lease_id)
+    rows = broker.run(tables.partition(IndexEntry.TABLE, shard))
     return sorted(row.rk.split("_", 1)[0] for row in rows if row.data.get("leaseId") == lease_id)
 
 
@@ -100,22 +103,24 @@ def test_a_second_lease_for_the_user_is_a_409_naming_the_first(api: httpx.Client
 def test_renew_is_capped_at_created_plus_max_ttl(api: httpx.Client, setup: EntraSetup) -> None:
     name = one_secret(api, setup, defaultTtl="1h", maxTtl="2h")
     created = lease(api, name)["lease"]
-    assert service.parse_time(created["maxExpiresAt"]) - service.parse_time(
+    assert datetime.fromisoformat(created["maxExpiresAt"]) - datetime.fromisoformat(
         created["createdAt"]
     ) == timedelta(hours=2)
     clock.advance(timedelta(minutes=30))
+    asked = clock.now().replace(microsecond=0)
     renewed = api.post(f"/api/v1/leases/{created['id']}/renew", json={"ttl": "1h"})
     assert renewed.status_code == 200, renewed.text
     body = renewed.json()
     assert body["capped"] is False
-    assert body["lease"]["expiresAt"] == clock.isoformat(clock.now() + timedelta(hours=1))
+    expires = datetime.fromisoformat(body["lease"]["expiresAt"])  # now + 1 h, whole seconds shown
+    assert asked + timedelta(hours=1) <= expires <= clock.now() + timedelta(hours=1)
 
     clock.advance(timedelta(minutes=50))
     renewed = api.post(f"/api/v1/leases/{created['id']}/renew", json={"ttl": "1h"})
     body = renewed.json()
     assert body["capped"] is True
     assert body["lease"]["expiresAt"] == created["maxExpiresAt"] == body["maxExpiresAt"]
-    assert service.parse_time(body["requestedExpiresAt"]) > service.parse_time(body["maxExpiresAt"])
+    assert datetime.fromisoformat(body["requestedExpiresAt"]) > datetime.fromisoformat(body["maxExpiresAt"])
     # without a ttl, a renewal asks for the default TTL (and is capped just the same)
     assert api.post(f"/api/v1/leases/{created['id']}/renew").json()["capped"] is True
 
@@ -128,7 +133,7 @@ def test_good_lease_ttls(api: httpx.Client, fake_azure: Any, ttl: str) -> None:
     setup = entra_setup(fake_azure, users=1)
     name = one_secret(api, setup, defaultTtl="1h", maxTtl="2h")
     body = lease(api, name, ttl)["lease"]
-    took = service.parse_time(body["expiresAt"]) - service.parse_time(body["createdAt"])
+    took = datetime.fromisoformat(body["expiresAt"]) - datetime.fromisoformat(body["createdAt"])
     assert took == parse_duration(ttl)
 
 
@@ -233,9 +238,9 @@ def test_a_dead_sweepers_claim_is_taken_over_after_it_expires(
     name = one_secret(api, setup)
     lease_id = lease(api, name, "1m")["lease"]["id"]
     clock.advance(timedelta(minutes=2))
-    row = broker.run(store.get_lease(lease_id))
+    row = broker.run(lease_rows.get_lease(lease_id))
     assert row is not None
-    broker.run(revoking.claim_for_revoke(row, "sweeper-that-died"))  # claimed, then the process died
+    broker.run(revoking.claim(row, "sweeper-that-died"))  # claimed, then the process died
     assert sweep(broker).get("revoked", 0) == 0
     assert lease_row(broker, lease_id)["status"] == "revoking"
     clock.advance(service.CLAIM_FOR + timedelta(seconds=1))
@@ -264,7 +269,7 @@ def test_a_429_storm_during_a_sweep_loses_nothing(
         assert row["status"] == "revoke_failed"
         assert "TooManyRequests" in row["lastError"]
         assert row["attempts"] == 1
-        assert service.parse_time(row["nextAttemptAt"]) > clock.now()
+        assert datetime.fromisoformat(row["nextAttemptAt"]) > clock.now()
         assert index_keys(broker, lease_id) == ["due"]  # kept (moved to the retry time)
     # a renewal of a lease being retried is refused; its user has no way to a second lease
     assert_problem(api.post(f"/api/v1/leases/{ids[0]}/renew", json={"ttl": "1h"}), 409)
@@ -300,7 +305,10 @@ def test_a_renewed_lease_is_not_swept_at_its_old_expiry(
     lease_id = lease(api, name, "10m")["lease"]["id"]
     api.post(f"/api/v1/leases/{lease_id}/renew", json={"ttl": "1h"}).raise_for_status()
     # a crash between writing the new due entry and deleting the old one leaves both: recreate that
-    broker.run(store.add_due(lease_id, store.index_key("due", clock.isoformat(clock.now()), lease_id), "x"))
+    key = lease_rows.index_key("due", clock.now(), lease_id)
+    shard = lease_rows.shard_of(lease_id)
+    entry = IndexEntry(shard=shard, key=key, lease_id=lease_id, created_at=clock.now())
+    broker.run(records.upsert(entry))
     clock.advance(timedelta(minutes=11))
     sweep(broker)
     assert lease_row(broker, lease_id)["status"] == "active"
@@ -406,7 +414,7 @@ def test_crash_between_intent_and_graph_call(
     name = one_secret(api, setup)
     user = setup.users[0]
     pending = broker.run(service.begin_lease(name, None, SYSTEM))  # ... and the process dies here
-    lease_id = pending.row.rk
+    lease_id = pending.lease.id
     assert index_keys(broker, lease_id) == ["due", "intent"]
     assert_problem(api.post(f"/api/v1/dynamic-secrets/{name}/leases", json={}), 409)
     assert reconcile(broker).get("fixed", 0) == 0  # too recent to be a crash
@@ -436,19 +444,20 @@ def test_crash_between_graph_call_and_lease_record(
     clock.advance(service.RECONCILE_AFTER + timedelta(seconds=1))
     reconcile(broker)
     assert not setup.signs_in(user.user_principal_name, password)  # nobody holds a working password
-    assert lease_row(broker, pending.row.rk)["status"] == "revoked"
+    assert lease_row(broker, pending.lease.id)["status"] == "revoked"
     assert '"event":"reconcile.fixed"' in caplog.text
     # the create resuming late cannot hand out the password any more
     with pytest.raises(Unavailable):
         broker.run(service.activate_lease(pending, SYSTEM))
-    assert lease_row(broker, pending.row.rk)["status"] == "revoked"
+    assert lease_row(broker, pending.lease.id)["status"] == "revoked"
 
 
 def test_crash_after_claim_before_intent_frees_the_user_later(
     api: httpx.Client, setup: EntraSetup, broker: ServerHandle
 ) -> None:
     name = one_secret(api, setup)
-    broker.run(store.insert_claim(name, store.new_lease_id(name)))  # claimed, then the process died
+    claim = LeaseClaim(name=name, lease_id=lease_rows.new_lease_id(name), claimed_at=clock.now())
+    broker.run(records.insert(claim))  # claimed, then the process died
     assert_problem(api.post(f"/api/v1/dynamic-secrets/{name}/leases", json={}), 409)
     clock.advance(service.RECONCILE_AFTER + timedelta(seconds=1))
     assert lease(api, name)["lease"]["status"] == "active"
@@ -462,13 +471,12 @@ def test_crash_after_activation_leaves_only_an_intent_to_clear(
     name = one_secret(api, setup)
     pending = broker.run(service.begin_lease(name, None, SYSTEM))
     broker.run(service.set_lease_password(pending))
-    shard = store.shard_of(pending.row.rk)
-    row = broker.run(store.replace_lease(pending.row, {**pending.row.data, "status": "active"}))
+    row = broker.run(records.replace(pending.lease.model_copy(update={"status": LeaseStatus.ACTIVE})))
     clock.advance(service.RECONCILE_AFTER + timedelta(seconds=1))
     reconcile(broker)
-    assert lease_row(broker, row.rk)["status"] == "active"
-    assert index_keys(broker, row.rk) == ["due"]
-    assert broker.run(tables.get(store.LEASE_INDEX_TABLE, shard, pending.intent_key)) is None
+    assert lease_row(broker, row.id)["status"] == "active"
+    assert index_keys(broker, row.id) == ["due"]
+    assert broker.run(records.get(IndexEntry, pending.intent.shard, pending.intent.key)) is None
 
 
 def test_a_late_create_cannot_race_the_reconciler(
@@ -489,7 +497,7 @@ def test_a_late_create_cannot_race_the_reconciler(
         return results[0], results[1]
 
     activated, _ = broker.run(race())
-    status = lease_row(broker, pending.row.rk)["status"]
+    status = lease_row(broker, pending.lease.id)["status"]
     works = setup.signs_in(setup.users[0].user_principal_name, password)
     if isinstance(activated, Exception):
         assert status == "revoked"
@@ -559,7 +567,7 @@ def test_a_lease_whose_claim_row_vanished_is_still_revoked(
     """Someone deleted the claim row by hand: the one-transaction finish falls back to two writes."""
     name = one_secret(api, setup)
     created = lease(api, name)
-    broker.run(store.delete_claim(None, name))
+    broker.run(tables.delete(LeaseClaim.TABLE, name, lease_rows.ACTIVE))
     revoked = api.delete(f"/api/v1/leases/{created['lease']['id']}")
     assert revoked.json()["status"] == "revoked", revoked.text
     assert index_keys(broker, created["lease"]["id"]) == ["purge"]

@@ -1,6 +1,6 @@
 """The lease defects of issue 11, each replayed deterministically against the stand-in and Azurite.
 
-A race is replayed by pausing the broker at the racing point: a store function is wrapped so
+A race is replayed by pausing the broker at the racing point: a storage function is wrapped so
 the request stops there (on the server's loop) until the test lets it go, while the other
 request runs. Throttling is replayed with the stand-in's 429 + Retry-After faults.
 """
@@ -18,8 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from core import clock
-from leases import revoking, store, sweeper
+from core import clock, records
+from leases import reconciler, revoking, secret_copies, sweeper
+from leases import records as lease_rows
+from leases.records import DynamicSecret, LeaseClaim
+from leases.service import RECONCILE_AFTER
 from tests.harness import ServerHandle, assert_problem
 from tests.test_leases_support import EntraSetup, create_dynamic_secrets, entra_setup, lease, lease_row
 
@@ -78,7 +81,7 @@ def test_deleting_while_a_lease_is_being_created_is_refused_and_the_lease_stays_
     name = one_secret(api, setup)
     user = setup.users[0]
     pause = Pause()  # the create holds the user's claim; its lease row is not written yet
-    monkeypatch.setattr(store, "write_intent", pause.wrap(store.write_intent))
+    monkeypatch.setattr(lease_rows, "write_intent", pause.wrap(lease_rows.write_intent))
     creating = background(pool, lambda: api.post(f"{URL}/{name}/leases", json={}))
     pause.wait()
     assert_problem(api.delete(f"{URL}/{name}"), 409)  # was: 204, and the create went on
@@ -99,15 +102,15 @@ def test_a_create_that_read_a_dynamic_secret_deleted_before_its_claim_stops(
 ) -> None:
     name = one_secret(api, setup)
     user = setup.users[0]
-    pause = Pause(when=lambda _name, lease_id: not str(lease_id).startswith("(deleting)"))
-    monkeypatch.setattr(store, "insert_claim", pause.wrap(store.insert_claim))
+    pause = Pause(when=lambda record: isinstance(record, LeaseClaim) and not record.deleting)
+    monkeypatch.setattr(records, "insert", pause.wrap(records.insert))
     creating = background(pool, lambda: api.post(f"{URL}/{name}/leases", json={}))
     pause.wait()  # the create has read the dynamic secret, not claimed the user yet
     assert api.delete(f"{URL}/{name}").status_code == 204
     pause.release()
     assert_problem(creating.result(30), 404)
     assert setup.password_changes(user.id) == 0  # no password was set for a deleted dynamic secret
-    assert broker.run(store.get_claim(name)) is None  # and nothing is left holding the name
+    assert broker.run(lease_rows.get_claim(name)) is None  # and nothing is left holding the name
 
 
 # ---------------------------------------------------------------------------- PATCH vs PATCH
@@ -126,18 +129,19 @@ def test_concurrent_secret_patches_leave_only_the_winners_secret_in_the_vault(
     _, first = fake_azure.add_password(setup.app, display_name="first")
     _, second = fake_azure.add_password(setup.app, display_name="second")
     gates = {first: Pause(), second: Pause()}
-    original = store.replace_dynamic_secret
+    original = records.batch
 
-    async def replace(row: Any, data: dict[str, Any]) -> Any:
+    async def commit(operations: Any) -> Any:  # the ETag write that switches the row to a new copy
         from core.secret_store import secret_store
 
-        value = await secret_store().get(str(data["credentialRef"]))
-        gate = gates[value]
-        gate.reached.set()
-        await asyncio.to_thread(gate.released.wait, 30)
-        return await original(row, data)
+        for _, record in operations:
+            if isinstance(record, DynamicSecret):
+                gate = gates[await secret_store().get(record.credential_ref)]
+                gate.reached.set()
+                await asyncio.to_thread(gate.released.wait, 30)
+        return await original(operations)
 
-    monkeypatch.setattr(store, "replace_dynamic_secret", replace)
+    monkeypatch.setattr(records, "batch", commit)
     winner = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": first}))
     gates[first].wait()  # the first has written its secret and read the row's ETag
     loser = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": second}))
@@ -226,3 +230,70 @@ def test_a_429_from_one_tenant_does_not_pause_the_sweep_of_another(
     assert max(done) - started < 2.0  # not held back by the other tenant's 3 s Retry-After
     assert time.time() - started >= 3.0  # while the throttled tenant waited it out
     assert all(lease_row(broker, lease_id)["status"] == "revoked" for lease_id in fast)
+
+
+# ---------------------------------------------------------------------------- a dynamic secret writer dies
+
+
+def vault_copies(fake_azure: Any) -> set[str]:
+    with fake_azure.state.lock:
+        return {name for name in fake_azure.state.secrets if name.startswith("dynsecret-")}
+
+
+def test_a_create_that_dies_after_writing_the_secret_copy_leaves_none_behind(
+    api: httpx.Client,
+    setup: EntraSetup,
+    fake_azure: Any,
+    broker: ServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: Any,
+) -> None:
+    before = vault_copies(fake_azure)
+    pause = Pause(when=lambda operations: any(isinstance(r, DynamicSecret) for _, r in operations))
+    monkeypatch.setattr(records, "batch", pause.wrap(records.batch))
+    creating = background(pool, lambda: api.post(URL, json=setup.body(users=[setup.users[0].id])))
+    pause.wait()  # the copy is in the vault, its row is not written: the process dies here
+    assert len(vault_copies(fake_azure) - before) == 1
+    assert broker.run(reconciler.reconcile_leases()).get("secrets_removed", 0) == 0  # too recent to judge
+    clock.advance(RECONCILE_AFTER + timedelta(seconds=1))
+    assert broker.run(reconciler.reconcile_leases()).get("secrets_removed") == 1
+    assert vault_copies(fake_azure) == before  # was: the copy stayed, referenced by nothing
+
+    pause.release()  # the writer was only slow: it cannot record a row pointing at the removed copy
+    assert_problem(creating.result(30), 503)
+    assert_problem(api.get(f"{URL}/{setup.prefix}-user1"), 404)
+    assert vault_copies(fake_azure) == before
+    created = create_dynamic_secrets(api, setup, users=[setup.users[0].id])  # the user is free again
+    assert lease(api, created[0]["name"])["lease"]["status"] == "active"
+
+
+def test_a_patch_that_dies_after_switching_the_secret_leaves_only_the_new_copy(
+    api: httpx.Client,
+    setup: EntraSetup,
+    fake_azure: Any,
+    broker: ServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    pool: Any,
+) -> None:
+    name = one_secret(api, setup)
+    old = broker.run(records.get(DynamicSecret, "ds", name))
+    assert old is not None
+    _, new_secret = fake_azure.add_password(setup.app, display_name="next")
+    pause = Pause()  # the row points at the new copy; the replaced one is not deleted yet
+    retire = secret_copies.retire
+    monkeypatch.setattr(secret_copies, "retire", pause.wrap(retire))
+    patching = background(pool, lambda: api.patch(f"{URL}/{name}", json={"clientSecret": new_secret}))
+    pause.wait()  # ... and the process dies here
+    switched = broker.run(records.get(DynamicSecret, "ds", name))
+    assert switched is not None
+    assert switched.credential_ref != old.credential_ref
+    assert {old.credential_ref, switched.credential_ref} <= vault_copies(fake_azure)
+    clock.advance(RECONCILE_AFTER + timedelta(seconds=1))
+    monkeypatch.setattr(secret_copies, "retire", retire)  # the reconciler's own call is not paused
+    assert broker.run(reconciler.reconcile_leases()).get("secrets_retired") == 1
+    assert old.credential_ref not in vault_copies(fake_azure)  # was: kept, referenced by nothing
+    assert switched.credential_ref in vault_copies(fake_azure)
+    pause.release()
+    assert patching.result(30).status_code == 200  # a late finish deletes nothing more
+    assert switched.credential_ref in vault_copies(fake_azure)
+    assert setup.signs_in(setup.users[0].user_principal_name, lease(api, name)["credentials"]["password"])

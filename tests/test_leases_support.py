@@ -16,15 +16,10 @@ from typing import Any
 import httpx
 
 from core import tables
-from leases import store
+from leases.records import DynamicSecret, IndexEntry, Lease, UserClaim, split_lease_id
 from tests.harness import ServerHandle
 
-LEASE_TABLES = (
-    store.DYNAMIC_SECRETS_TABLE,
-    store.DS_USERS_TABLE,
-    store.LEASES_TABLE,
-    store.LEASE_INDEX_TABLE,
-)
+LEASE_TABLES = (DynamicSecret.TABLE, UserClaim.TABLE, Lease.TABLE, IndexEntry.TABLE)
 
 
 def first_password() -> str:
@@ -134,6 +129,8 @@ def all_rows(broker: ServerHandle, table: str) -> list[tables.Row]:
 
 
 def lease_row(broker: ServerHandle, lease_id: str) -> dict[str, Any]:
-    row = broker.run(store.get_lease(lease_id))
+    """A lease's properties as stored (the layout docs/ARCHITECTURE.md documents)."""
+    name, _ = split_lease_id(lease_id) or ("", "")
+    row = broker.run(tables.get(Lease.TABLE, name, lease_id))
     assert row is not None
     return row.data

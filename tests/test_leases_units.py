@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.errors import Unavailable, Unprocessable, UpstreamError, UpstreamTimeout
-from leases import dynamic_secrets, provider, service, store
+from leases import dynamic_secrets, provider, service
+from leases import records as lease_rows
 from leases.provider import AzureFailure, EntraUser
 from tests.azure_fake.graph import password_complexity_error
 
@@ -54,28 +55,28 @@ def test_dynamic_secret_names(prefix: str, entra_user: EntraUser, name: str) -> 
 
 
 def test_lease_ids_carry_their_partition_and_shard() -> None:
-    lease_id = store.new_lease_id("ops-jane")
-    name, shard = store.split_lease_id(lease_id) or ("", "")
+    lease_id = lease_rows.new_lease_id("ops-jane")
+    name, shard = lease_rows.split_lease_id(lease_id) or ("", "")
     assert name == "ops-jane"
-    assert shard in store.SHARDS
-    assert store.shard_of(lease_id) == shard
+    assert shard in lease_rows.SHARDS
+    assert lease_rows.shard_of(lease_id) == shard
     for bad in ("", "ops-jane", "ops-jane.xyz", "ops-jane." + "G" * 32, ".0123456789abcdef0123456789abcdef"):
-        assert store.split_lease_id(bad) is None
+        assert lease_rows.split_lease_id(bad) is None
 
 
 def test_index_ranges_include_entries_due_at_the_bound_and_exclude_later_ones() -> None:
     now = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
-    low, high = store.index_range("due", now)
-    lease_id = store.new_lease_id("n")
+    low, high = lease_rows.index_range("due", now)
+    lease_id = lease_rows.new_lease_id("n")
 
     def key(delta: timedelta) -> str:
-        return store.index_key("due", service.iso(now + delta), lease_id)
+        return lease_rows.index_key("due", now + delta, lease_id)
 
     assert low < key(-timedelta(days=400)) < high
     assert low < key(timedelta(0)) < high
     assert not key(timedelta(seconds=1)) < high
     for kind in ("intent", "purge"):  # other kinds sort outside the range
-        assert not low < store.index_key(kind, service.iso(now), lease_id) < high
+        assert not low < lease_rows.index_key(kind, now, lease_id) < high
 
 
 def test_backoff_doubles_up_to_an_hour() -> None:
@@ -127,12 +128,72 @@ def test_azure_failures_map_to_problems(status: int, code: str, kind: type, retr
 
 
 def test_ttl_consistency() -> None:
-    service.check_ttls("1h", "1h")
+    hour = timedelta(hours=1)
+    service.check_ttls(hour, hour)
     for default, maximum, field in (
-        ("2h", "1h", "defaultTtl"),
-        ("30s", "1h", "defaultTtl"),
-        ("1h", "1x", "maxTtl"),
+        (2 * hour, hour, "defaultTtl"),
+        (timedelta(seconds=30), hour, "defaultTtl"),
+        (hour, timedelta(seconds=30), "maxTtl"),
     ):
         with pytest.raises(Unprocessable) as raised:
             service.check_ttls(default, maximum)
         assert raised.value.errors[0].field == field
+
+
+def test_rows_written_before_typed_records_still_read() -> None:
+    """Older rows hold TTLs as the API's text and repeat their keys as properties."""
+    from core.tables import Row
+    from leases.records import DynamicSecret, Lease
+
+    ds = DynamicSecret.from_row(
+        Row(
+            "DynamicSecrets",
+            "ds",
+            "ops-jane",
+            {
+                "id": "d1",
+                "prefix": "ops",
+                "tenantId": "t",
+                "applicationId": "a",
+                "userId": "u",
+                "userPrincipalName": "jane@example.com",
+                "defaultTtl": "1h30m",
+                "maxTtl": "4h",
+                "credentialRef": "dynsecret-d1-client-secret",
+                "createdAt": "2026-11-23T10:00:00Z",
+                "updatedAt": "2026-11-23T10:00:00Z",
+            },
+            "etag-1",
+        )
+    )
+    assert (ds.default_ttl, ds.max_ttl) == (timedelta(hours=1, minutes=30), timedelta(hours=4))
+    assert ds.to_data()["defaultTtl"] == 5400  # written back as seconds
+    lease_id = lease_rows.new_lease_id("ops-jane")
+    at = "2026-11-23T10:00:00Z"
+    lease = Lease.from_row(
+        Row(
+            "Leases",
+            "ops-jane",
+            lease_id,
+            {
+                "leaseId": lease_id,
+                "dynamicSecretName": "ops-jane",
+                "dynamicSecretId": "d1",
+                "tenantId": "t",
+                "applicationId": "a",
+                "credentialRef": "r",
+                "userId": "u",
+                "userPrincipalName": "jane@example.com",
+                "status": "revoke_failed",
+                "createdAt": at,
+                "expiresAt": at,
+                "maxExpiresAt": at,
+                "nextAttemptAt": at,
+                "dueKey": f"due_{at}_{lease_id}",
+                "attempts": 2,
+            },
+        )
+    )
+    assert (lease.id, lease.dynamic_secret_name, lease.attempts) == (lease_id, "ops-jane", 2)
+    assert lease.next_attempt_at == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert {"leaseId", "dynamicSecretName"}.isdisjoint(lease.to_data())

@@ -277,3 +277,23 @@ def test_code_exchange_is_retried_on_throttling(
     callback = authorized_callback(api, tenant)
     fake_azure.inject("token", "429", count=1, path_pattern=f"/{tenant.id}/oauth2/v2.0/token", retry_after=1)
     assert anonymous.get(callback).status_code == 200
+
+
+@pytest.mark.parametrize("fault", ["500", "lost"])
+def test_code_exchange_is_sent_once_on_a_server_error_or_lost_answer(
+    api: httpx.Client,
+    anonymous: httpx.Client,
+    fake_azure: Any,
+    tenant: Any,
+    user: Any,
+    configured: Any,
+    fault: str,
+) -> None:
+    """Redeeming a code is not idempotent: the gateway never repeats it after a 5xx or a lost answer."""
+    callback = authorized_callback(api, tenant)
+    token_path = f"/{tenant.id}/oauth2/v2.0/token"
+    before = fake_azure.request_count("token", path_pattern=token_path)
+    fake_azure.inject("token", fault, count=1, path_pattern=token_path)
+    body = assert_problem(anonymous.get(callback), 502)
+    assert body["step"] == "code-exchange"
+    assert fake_azure.request_count("token", path_pattern=token_path) == before + 1
