@@ -116,7 +116,7 @@ async def _write(
     """Write the difference; the rows to notify today, or None if the claim ran out first."""
     existing = {entry.key_id: entry for entry in await entries_of(connection_id)}
     today = clock.now().date().isoformat()
-    ops: list[tables.BatchOp] = []
+    ops: list[tuple[records.BatchKind, InventoryEntry]] = []
     notify: list[InventoryEntry] = []
     for key_id, entry in sorted(found.items()):
         old = existing.get(key_id)
@@ -125,16 +125,12 @@ async def _write(
             notify.append(entry)
         elif entry.same_facts(old):
             continue
-        ops.append(("upsert", connection_id, key_id, entry.to_data(), None))
-    ops += [
-        ("delete", connection_id, key, {}, old.etag)
-        for key, old in sorted(existing.items())
-        if key not in found
-    ]
+        ops.append(("upsert", entry))
+    ops += [("delete", old) for key, old in sorted(existing.items()) if key not in found]
     for start in range(0, len(ops), BATCH):
         if not _holds(scan):
             return None
-        await tables.batch(InventoryEntry.TABLE, ops[start : start + BATCH])
+        await records.batch(ops[start : start + BATCH])
     return notify
 
 
@@ -186,13 +182,13 @@ async def forget(connection_id: str) -> str:
     scan = await claim(connection_id, "")  # a scan younger than FRESH_FOR saw the connection
     if scan is None:
         return "busy"
-    ops: list[tables.BatchOp] = [
-        ("delete", connection_id, entry.key_id, {}, entry.etag) for entry in await entries_of(connection_id)
+    ops: list[tuple[records.BatchKind, InventoryEntry]] = [
+        ("delete", entry) for entry in await entries_of(connection_id)
     ]
     for start in range(0, len(ops), BATCH):
         if not _holds(scan):
             return "lapsed"
-        await tables.batch(InventoryEntry.TABLE, ops[start : start + BATCH])
+        await records.batch(ops[start : start + BATCH])
     try:
         await records.delete(scan)
     except ConcurrencyConflict:

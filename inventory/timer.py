@@ -9,6 +9,7 @@ recorded and the others go on. Rows of connections that no longer exist are remo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from core import connection_seam, managed_keys, tables
 from inventory import scan
 from inventory.models import SCAN_PK, ScanRecord
+
+log = logging.getLogger(__name__)
 
 CONCURRENCY = 4
 # A run stops starting scans after this long (the rest wait for the next run), so it ends well
@@ -40,7 +43,13 @@ async def scan_inventory() -> dict[str, Any]:
             if claimed is None:
                 outcomes["skipped"] += 1
                 return
-            outcomes[await scan.scan_connection(facts, claimed, managed)] += 1
+            try:
+                outcomes[await scan.scan_connection(facts, claimed, managed)] += 1
+            except (
+                Exception
+            ) as error:  # e.g. Table Storage unavailable: the claim lapses, the next run retakes it
+                log.error("inventory scan of %s failed: %s", facts.id, type(error).__name__)
+                outcomes["error"] += 1
 
     await asyncio.gather(*(one(facts) for facts in connections))
     known = {facts.id for facts in connections}
