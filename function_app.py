@@ -1,7 +1,7 @@
 """Azure Functions entry point: wiring only.
 
-One ASGI HTTP function serves the FastAPI app (`api`) for every route; three timers run the
-rotation, lease expiry and reconcile jobs on the schedules in their app settings. The API and
+One ASGI HTTP function serves the FastAPI app (`api`) for every route; four timers run the
+rotation, lease expiry, reconcile and inventory jobs on the schedules in their app settings. The API and
 each job's modules are imported on first use (see core.api.LazyApp and core.jobs), so the
 worker's start pays for neither.
 """
@@ -29,6 +29,7 @@ connection_seam.wire(("connections.access", "rotation.hooks"))
 def build_api() -> FastAPI:
     """The FastAPI app with every domain router."""
     from connections import oauth_routes, routes
+    from inventory import routes as inventory_routes
     from leases import routes as lease_routes
     from rotation import routes as rotation_routes
     from rotation import secret_routes
@@ -40,6 +41,7 @@ def build_api() -> FastAPI:
             rotation_routes.router,
             secret_routes.router,
             lease_routes.router,
+            inventory_routes.router,
         ]
     )
 
@@ -62,7 +64,8 @@ RECONCILE = Job(
         "leases.reconciler:purge_old_leases",
     ],
 )
-JOBS = (ROTATION, LEASE_EXPIRY, RECONCILE)
+INVENTORY = Job("inventory", "INVENTORY_SCHEDULE", ["inventory.timer:scan_inventory"])
+JOBS = (ROTATION, LEASE_EXPIRY, RECONCILE, INVENTORY)
 
 app = func.AsgiFunctionApp(app=http, http_auth_level=func.AuthLevel.ANONYMOUS)
 
@@ -80,6 +83,11 @@ async def lease_expiry_timer(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", use_monitor=True)
 async def reconcile_timer(timer: func.TimerRequest) -> None:
     await run_job(RECONCILE, past_due=timer.past_due)
+
+
+@app.timer_trigger(schedule="%INVENTORY_SCHEDULE%", arg_name="timer", use_monitor=True)
+async def inventory_timer(timer: func.TimerRequest) -> None:
+    await run_job(INVENTORY, past_due=timer.past_due)
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ import sys
 import tests.table_stats  # noqa: F401  (installs the table operation counters the benches print)
 from bench.table import render
 
-MODULES = ["bench.cold_start", "bench.rotation", "bench.secret_rotation", "bench.leases"]
+MODULES = ["bench.cold_start", "bench.rotation", "bench.secret_rotation", "bench.leases", "bench.inventory"]
 
 
 def main() -> None:

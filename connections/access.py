@@ -19,6 +19,11 @@ class _Access:
     async def facts(self, kind: str, connection_id: str) -> ConnectionFacts:
         return lifecycle.facts_of(_SPECS[kind], await store.get_record(kind, connection_id))
 
+    async def list_facts(self, kind: str) -> list[ConnectionFacts]:
+        return [
+            lifecycle.facts_of(_SPECS[kind], record) for record in await store.list_records(kind, 100_000)
+        ]
+
     async def app_access(self, kind: str, connection_id: str) -> AppAccess:
         return await client_secrets.app_access(await store.get_record(kind, connection_id))
 

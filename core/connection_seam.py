@@ -42,6 +42,9 @@ class ConnectionAccess(Protocol):
     async def facts(self, kind: str, connection_id: str) -> ConnectionFacts:
         """The connection's facts, or a NotFound problem."""
 
+    async def list_facts(self, kind: str) -> list[ConnectionFacts]:
+        """The facts of every connection of a kind (the inventory scans each client-secret one)."""
+
     async def app_access(self, kind: str, connection_id: str) -> AppAccess:
         """The connection's credential and Graph client (core.azure_credentials: the one cache);
         its `pace_key` is what the gateway paces the calls by."""
@@ -107,6 +110,11 @@ def _load() -> None:
         _loaded = True
         for name in _modules:
             importlib.import_module(name)
+
+
+def ensure_loaded() -> None:
+    """Import the wired modules now (registries elsewhere in core, e.g. core.managed_keys, rely on it)."""
+    _load()
 
 
 def provide_access(access: ConnectionAccess) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from core import managed_keys
 from core.connection_seam import ConnectionFacts, KindHooks, UpdatePlan, provide_hooks
 from core.errors import FieldError, Unavailable, Unprocessable
 from rotation import azure_steps, service
@@ -110,3 +111,20 @@ HOOKS = KindHooks(
 )
 
 provide_hooks(KIND, HOOKS)
+
+
+async def _managed_key_ids() -> list[str]:
+    from rotation import store
+
+    return await store.managed_key_ids()
+
+
+async def _secret_rotation_key_ids() -> list[str]:
+    from rotation import secret_records
+
+    return await secret_records.managed_key_ids()
+
+
+# The inventory's `managedBy`: the Key IDs a connection rotation or a secret rotation will replace.
+managed_keys.provide("connection-rotation", _managed_key_ids)
+managed_keys.provide("secret-rotation", _secret_rotation_key_ids)

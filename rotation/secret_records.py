@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from core import records
+from core import records, tables
 from core.secret_store import secret_name
 from rotation.destinations import DestinationState
 from rotation.store import RotationRecord
@@ -53,3 +53,15 @@ def value_name(rotation_id: str, key_id: str) -> str:
 
 async def load(rotation_id: str) -> SecretRotationRecord | None:
     return await records.get(SecretRotationRecord, rotation_id, ROW_KEY)
+
+
+async def managed_key_ids() -> list[str]:
+    """Key IDs a secret rotation will replace: current, previous and a run's new one (`managedBy`)."""
+    rows = tables.query(SecretRotationRecord.TABLE, "RowKey eq @rk", {"rk": ROW_KEY})
+    found: list[str] = []
+    async for row in rows:
+        record = SecretRotationRecord.from_row(row)
+        if record.status != "deleting":
+            keys = (record.client_secret_key_id, record.previous_key_id, record.new_key_id)
+            found += [key for key in keys if key]
+    return found

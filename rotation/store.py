@@ -158,6 +158,18 @@ async def load(connection_id: str) -> RotationRecord | None:
     return await records.get(RotationRecord, connection_id, ROW_KEY)
 
 
+async def managed_key_ids() -> list[str]:
+    """Key IDs a connection rotation will replace: the current secret of every enabled rotation
+    and the new one of a run in flight (core.managed_keys, for the inventory's `managedBy`)."""
+    rows = tables.query(RotationRecord.TABLE, "RowKey eq @rk", {"rk": ROW_KEY})
+    found: list[str] = []
+    async for row in rows:
+        record = RotationRecord.from_row(row)
+        if record.enabled and record.status != "deleting":
+            found += [key for key in (record.client_secret_key_id, record.new_key_id) if key]
+    return found
+
+
 async def create(record: RotationRecord) -> RotationRecord:
     """Insert a new rotation row (and its index entry first); `RowExists` if it exists."""
     wanted = _wanted_index(record)

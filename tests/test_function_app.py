@@ -47,7 +47,7 @@ def test_one_http_function_serves_every_route_anonymously() -> None:
     assert {"GET", "POST", "PATCH", "DELETE"} <= {m.upper() for m in trigger["methods"]}
 
 
-def test_three_timers_read_their_schedules_from_settings() -> None:
+def test_four_timers_read_their_schedules_from_settings() -> None:
     timers = {
         f["name"]: next(b for b in f["bindings"] if b["type"] == "timerTrigger")
         for f in _indexed()
@@ -57,6 +57,7 @@ def test_three_timers_read_their_schedules_from_settings() -> None:
         "rotation_timer": "%ROTATION_SCHEDULE%",
         "lease_expiry_timer": "%EXPIRY_SWEEP_SCHEDULE%",
         "reconcile_timer": "%RECONCILE_SCHEDULE%",
+        "inventory_timer": "%INVENTORY_SCHEDULE%",
     }
     assert all(t["useMonitor"] for t in timers.values())
 

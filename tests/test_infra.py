@@ -567,7 +567,13 @@ def test_alerts_and_docs_name_the_functions_as_the_worker_registers_them() -> No
     from tests.test_function_app import _indexed  # the worker's own indexing, in a fresh interpreter
 
     names = {f["name"] for f in _indexed()}
-    assert names == {"http_app_func", "rotation_timer", "lease_expiry_timer", "reconcile_timer"}
+    assert names == {
+        "http_app_func",
+        "rotation_timer",
+        "lease_expiry_timer",
+        "reconcile_timer",
+        "inventory_timer",
+    }
     description = alert_rules()["functionErrors"]["config"]["properties"]["description"]
     deploy_doc = (ROOT / "docs" / "DEPLOY.md").read_text()
     for name in names:

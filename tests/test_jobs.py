@@ -38,7 +38,7 @@ def test_every_step_of_every_job_resolves_to_an_async_function(broker_env: dict[
 def test_every_timer_has_a_job_with_steps(broker_env: dict[str, str]) -> None:
     import function_app
 
-    assert {job.name for job in function_app.JOBS} == {"rotation", "lease_expiry", "reconcile"}
+    assert {job.name for job in function_app.JOBS} == {"rotation", "lease_expiry", "reconcile", "inventory"}
     assert all(job.steps for job in function_app.JOBS)
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT_PACKAGES = ("core", "connections", "rotation", "leases")
+PRODUCT_PACKAGES = ("core", "connections", "rotation", "leases", "inventory")
 DEV_ONLY = ("tests/", "bench/", "scripts/", "docs/", "infra/", "node_modules/", ".local/", ".venv/")
 # Helpers that exist for tests, benchmarks or `make run` only, wherever they would sit.
 DEV_MODULES = ("azurite", "table_stats", "azure_fake", "harness", "conftest", "seed")

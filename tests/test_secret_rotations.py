@@ -307,3 +307,18 @@ def test_the_reconciler_repairs_a_drifted_destination(setup: Setup, broker: Serv
     [state] = setup.get(rid)["destinations"]
     assert state["status"] == "synced"
     assert state["lastSyncedKeyId"] == created["currentKeyId"]
+
+
+def test_the_inventory_names_a_secret_rotation_s_keys_as_managed(setup: Setup, broker: ServerHandle) -> None:
+    from inventory.timer import scan_inventory
+
+    # Every 7 days: lifetime 2 x 7 + 3 = 17 days, inside the inventory's 30-day window.
+    created = setup.create(intervalDays=7)
+    second = setup.rotate(created["id"])
+    clock.advance(timedelta(minutes=6))  # past the inventory's freshness window: this run scans
+    broker.run(scan_inventory())
+    response = setup.api.get("/api/v1/credential-inventory", params={"connectionId": setup.connection_id})
+    assert response.status_code == 200, response.text
+    by_key = {item["keyId"].lower(): item["managedBy"] for item in response.json()["items"]}
+    assert by_key[second["currentKeyId"].lower()] == "secret-rotation"
+    assert by_key[second["previousKeyId"].lower()] == "secret-rotation"

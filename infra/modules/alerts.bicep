@@ -195,7 +195,7 @@ resource functionErrors 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'Broker: function execution errors'
-    description: 'A function execution failed (requests with success == false, other than HTTP 4xx answers) or raised an exception, per function (http_app_func, rotation_timer, lease_expiry_timer, reconcile_timer).'
+    description: 'A function execution failed (requests with success == false, other than HTTP 4xx answers) or raised an exception, per function (http_app_func, rotation_timer, lease_expiry_timer, reconcile_timer, inventory_timer).'
     severity: 2
     enabled: true
     scopes: [
