@@ -308,8 +308,8 @@ class World:
         span = self.span("*")
         try:
             await self.on_broker(run_job_named(op.arg))
-        except Exception:  # a job failed under injected faults: the invariants judge the outcome
-            pass
+        except Exception as error:  # failed under injected faults: the invariants judge the outcome
+            self.outcome.trace.append(f"  {span.start - self.t0:6.2f}s job {op.arg} failed: {error!r}")
         span.end = time.monotonic()
 
     async def op_crash(self, op: Op) -> None:
@@ -425,7 +425,7 @@ class World:
             response = await self.refusable(resource, method, url, stale, **kwargs)
             if response is not None and response.status_code not in (*REFUSED, 404):
                 self.outcome.violations.append(
-                    f"I4: probe {method} {url} ({'stale If-Match' if stale else 'bad body'}) was not refused: "
+                    f"I4: probe {method} {url} ({'stale If-Match' if stale else 'bad body'}) not refused: "
                     f"{response.status_code} {response.text[:200]}"
                 )
 
@@ -475,7 +475,7 @@ class World:
                 self.outcome.violations.append(f"I3: lease {lease_id} is active past its expiry")
             if self.signs_in(upn, password) != active:  # I3
                 self.outcome.violations.append(
-                    f"I3: lease {lease_id} ({status}): its password {'does not sign' if active else 'signs'} in"
+                    f"I3: lease {lease_id} ({status}): password {'does not sign' if active else 'signs'} in"
                 )
 
     def signs_in(self, upn: str, password: str) -> bool:
@@ -528,10 +528,9 @@ async def crash_job(name: str, ticks: int) -> None:
             break
         await asyncio.sleep(0.002)
     task.cancel()
-    try:
-        await task
-    except BaseException:  # cancelled (the crash) or failed before it: either way the run is over
-        pass
+    await asyncio.wait([task])  # cancelled (the crash) or finished before it: either way the run is over
+    if not task.cancelled():
+        task.exception()  # a failure before the crash is part of the run, not the harness's
 
 
 async def run_schedule(fake: Any, broker: ServerHandle, token: str, schedule: Schedule) -> Outcome:
