@@ -34,6 +34,7 @@ import httpx
 
 from tests.harness import ServerHandle
 from tests.rotation_helpers import BROKER_MARK, PREFIX, RotatingApp, create_body, make_app, rotation_block
+from tests.test_leases_support import EntraSetup, entra_setup
 
 DS_PATH = "/api/v1/dynamic-secrets"
 REFUSED = (409, 412, 422)
@@ -159,8 +160,7 @@ class World:
         self.ds_names: list[str] = []
         self.leases: list[tuple[str, str, str]] = []  # (lease id, upn, password)
         self.spans: list[Span] = []
-        self.tenant: Any = None
-        self.public_client: Any = None
+        self.entra: EntraSetup
         self.t0 = time.monotonic()
 
     # ------------------------------------------------------------------ plumbing
@@ -191,29 +191,8 @@ class World:
     async def setup(self) -> None:
         for _ in range(self.schedule.connections):
             await self.create_connection()
-        fake = self.fake
-        self.tenant = fake.add_tenant(domain=f"{uuid.uuid4().hex[:10]}.example.com")
-        app = fake.add_application(
-            self.tenant,
-            "lease-broker",
-            permissions=["User.ReadWrite.All", "Application.Read.All"],
-            directory_roles=["User Administrator"],
-        )
-        _, secret = fake.add_password(app, display_name="broker")
-        self.public_client = fake.add_application(self.tenant, "sign-in-check", public_client=True)
-        users = [
-            fake.add_user(self.tenant, f"user{i}@{self.tenant.default_domain}", f"Init-{uuid.uuid4().hex}1a!")
-            for i in range(self.schedule.users)
-        ]
-        body = {
-            "prefix": "h" + uuid.uuid4().hex[:8],
-            "defaultTtl": self.schedule.lease_ttl,
-            "maxTtl": "4h",
-            "tenantId": self.tenant.id,
-            "applicationId": app.app_id,
-            "clientSecret": secret,
-            "users": [u.id for u in users],
-        }
+        self.entra = entra_setup(self.fake, users=self.schedule.users)
+        body = self.entra.body(defaultTtl=self.schedule.lease_ttl, maxTtl="4h")
         response = await self.call("POST", DS_PATH, json=body)
         assert response.status_code == 201, response.text
         self.ds_names = [item["name"] for item in response.json()["items"]]
@@ -381,7 +360,9 @@ class World:
 
     def user_passwords(self) -> list[str]:
         with self.fake.state.lock:
-            return sorted(u.password for u in self.fake.state.users.values() if u.tenant_id == self.tenant.id)
+            return sorted(
+                u.password for u in self.fake.state.users.values() if u.tenant_id == self.entra.tenant.id
+            )
 
     # ------------------------------------------------------------------ quiescence and invariants
 
@@ -473,25 +454,10 @@ class World:
             active = status == "active"
             if active and _parse(response.json()["expiresAt"]) <= now:
                 self.outcome.violations.append(f"I3: lease {lease_id} is active past its expiry")
-            if self.signs_in(upn, password) != active:  # I3
+            if self.entra.signs_in(upn, password) != active:  # I3
                 self.outcome.violations.append(
                     f"I3: lease {lease_id} ({status}): password {'does not sign' if active else 'signs'} in"
                 )
-
-    def signs_in(self, upn: str, password: str) -> bool:
-        response = httpx.post(
-            self.fake.token_endpoint(self.tenant),
-            data={
-                "grant_type": "password",
-                "client_id": self.public_client.app_id,
-                "username": upn,
-                "password": password,
-                "scope": f"{self.fake.graph_endpoint}/.default",
-            },
-            verify=str(self.fake.ca_file),
-            timeout=30,
-        )
-        return response.status_code == 200
 
     async def cleanup(self) -> None:
         """Leave nothing for later tests' timers: delete this schedule's connections and dynamic secrets."""
