@@ -415,6 +415,8 @@ class World:
         by_client: dict[str, list[dict[str, Any]]] = {}
         for item in listed.json()["items"]:
             by_client.setdefault(item["clientId"], []).append(item)
+        # I1 as a fresh worker sees it: no cached credential or token may stand in for the stored secret.
+        await self.on_broker(_fresh_worker())
         for app in self.apps:
             live = by_client.get(app.app.app_id, [])
             for item in live:  # I1
@@ -426,9 +428,9 @@ class World:
                     )
             tracked: set[str] = set()
             for item in live:
-                view = (await self.call("GET", f"{PREFIX}/{item['id']}")).json()
-                tracked.add((view["rotation"]["clientSecretKeyId"] or "").lower())
-                tracked.update(k.lower() for k in view["rotation"].get("pendingRemovalKeyIds") or [])
+                rotation = (await self.call("GET", f"{PREFIX}/{item['id']}")).json().get("rotation") or {}
+                tracked.add((rotation.get("clientSecretKeyId") or "").lower())
+                tracked.update(k.lower() for k in rotation.get("pendingRemovalKeyIds") or [])
             with self.fake.state.lock:
                 marked = {
                     (c.key_id.lower(), c.display_name)
@@ -471,6 +473,13 @@ def _parse(value: str) -> Any:
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def _fresh_worker() -> None:
+    """What a worker restart does to the broker's per-loop clients and credential caches."""
+    from core.loop_cache import close_all
+
+    await close_all()
 
 
 async def _advance(clock: Any, delta: timedelta) -> None:

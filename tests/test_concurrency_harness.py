@@ -11,10 +11,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.chaos import Schedule, run_schedule
+from tests.chaos import PAST_EVERY_CLAIM, Schedule, World, run_schedule
 from tests.harness import ServerHandle
+from tests.rotation_helpers import BROKER_MARK, PREFIX
 
 FIXED_SEEDS = (1, 2, 3, 4)
 
@@ -48,3 +50,33 @@ def test_schedule_keeps_invariants(
         + "\n".join(outcome.trace)
         + f"\n\n{schedule.describe()}\n\nreplay: make soak SEED={seed}"
     )
+
+
+def test_invariants_catch_planted_defects(
+    fake_azure: Any, broker: ServerHandle, token: Callable[..., str]
+) -> None:
+    """The checks can fail: an orphan broker secret, a lost stored secret and a changed lease password
+    planted after quiescence are each reported (I2, I1, I3)."""
+
+    async def planted() -> list[str]:
+        schedule = Schedule(0, [], connections=1, users=1, lease_ttl="1h", final_advance=PAST_EVERY_CLAIM)
+        async with httpx.AsyncClient(
+            base_url=broker.url, headers={"Authorization": f"Bearer {token()}"}, timeout=90
+        ) as client:
+            world = World(fake_azure, broker, client, schedule)
+            await world.setup()
+            await world.quiesce()
+            assert not world.outcome.violations
+            app = world.apps[0].app
+            fake_azure.add_password(app, display_name=f"{BROKER_MARK} planted orphan")
+            view = (await client.get(f"{PREFIX}/{world.conns[0]}")).json()
+            assert fake_azure.remove_password(app, view["rotation"]["clientSecretKeyId"])
+            fake_azure.set_user_password(world.entra.users[0], "Changed-by-someone-1a!")
+            await world.check()
+            await world.cleanup()
+            return world.outcome.violations
+
+    violations = asyncio.run(planted())
+    assert any(v.startswith("I1:") for v in violations), violations
+    assert any(v.startswith("I2:") and "planted orphan" in v for v in violations), violations
+    assert any(v.startswith("I3:") and "does not sign in" in v for v in violations), violations
