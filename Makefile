@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench fake-azure clean
+.PHONY: run test soak lint typecheck bench fake-azure clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ run: deps
 test: deps
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint typecheck
+
+## The concurrency harness over more seeds: `make soak SEEDS=500` (from SEED_START, default 1000),
+## or replay one seed: `make soak SEED=1234`.
+SEEDS ?= 100
+soak: deps
+	HARNESS_SEED=$(SEED) HARNESS_SEEDS=$(SEEDS) HARNESS_SEED_START=$(SEED_START) \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_concurrency_harness.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
