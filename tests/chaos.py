@@ -354,15 +354,19 @@ class World:
             ds = await self.client.get(f"{DS_PATH}/{key}")
             leases = await self.client.get(f"{DS_PATH}/{key}/leases")
             items = leases.json()["items"] if leases.status_code == 200 else leases.status_code
-            return (ds.json() if ds.status_code == 200 else ds.status_code, items, self.user_passwords())
+            view = ds.json() if ds.status_code == 200 else ds.status_code
+            return (view, items, self.user_password(view))
         lease = await self.client.get(f"/api/v1/leases/{key}")
-        return (lease.json() if lease.status_code == 200 else lease.status_code, self.user_passwords())
+        view = lease.json() if lease.status_code == 200 else lease.status_code
+        return (view, self.user_password(view))
 
-    def user_passwords(self) -> list[str]:
+    def user_password(self, view: Any) -> str | None:
+        """The password of the resource's own user (other users' leases may change theirs meanwhile)."""
+        if not isinstance(view, dict):
+            return None
         with self.fake.state.lock:
-            return sorted(
-                u.password for u in self.fake.state.users.values() if u.tenant_id == self.entra.tenant.id
-            )
+            user = self.fake.state.users.get(view["userId"])
+            return None if user is None else str(user.password)
 
     # ------------------------------------------------------------------ quiescence and invariants
 
