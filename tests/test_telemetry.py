@@ -82,10 +82,13 @@ def test_dependencies_are_traced_after_first_use_and_nothing_at_start(tmp_path: 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["started"] == [], "the worker's start imported the telemetry SDK"
     spans = result["spans"]
-    # azure-core traces every SDK operation (Key Vault, Tables, Event Grid): a dependency each.
-    # (the operation span is `SecretClient.get_secret` or, on newer azure-core, the generated mixin's)
-    assert any(s["name"].endswith(".get_secret") for s in spans), spans
-    assert any(s["kind"] == "CLIENT" and "/secrets/x/" in (s["url"] or "") for s in spans), spans
+    # azure-core traces every SDK request (Key Vault, Tables, Event Grid): a dependency each.
+    # The Key Vault call is traced by azure-core: as its operation span (`...get_secret`) or as the
+    # HTTP span of its tracing policy. Which of the two a run gets depends on which of azure-core's
+    # tracing paths is active first (both seen here, each about half the runs); either is the
+    # dependency Application Insights shows.
+    vault = [s for s in spans if s["name"].endswith(".get_secret") or "/secrets/x/" in (s["url"] or "")]
+    assert vault, spans
     client = [s for s in spans if s["kind"] == "CLIENT"]
     assert any((s["url"] or "").endswith("/devops/org/_apis/projects") for s in client), spans
 
