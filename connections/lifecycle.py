@@ -29,7 +29,7 @@ from connections.store import ConnectionRecord
 from core import audit, clock, records, tables
 from core.auth import Caller
 from core.connection_seam import ConnectionFacts, RevisionMoved, UpdatePlan, hooks_for
-from core.errors import FieldError, Problem, Unavailable, Unprocessable
+from core.errors import Conflict, FieldError, Problem, Unavailable, Unprocessable
 
 
 def _with_identity(record: ConnectionRecord, credentials: Any) -> ConnectionRecord:
@@ -209,6 +209,7 @@ async def update(
     """
     record = await store.get_record(spec.kind, connection_id)
     check_etag(record, if_match)
+    refuse_if_deleting(record)
     hooks = hooks_for(spec.kind)
     if hooks is not None and extension is not None and record.method not in hooks.methods:
         raise Unprocessable(
@@ -304,6 +305,7 @@ async def switch_secret(
     change of anything else (a rename) is re-read and tried again. The new revision."""
     for _ in range(5):
         record = await store.get_record(spec.kind, connection_id)
+        refuse_if_deleting(record)
         if record.credential_rev != from_rev:
             if await store.read_secret(record, purpose) == secret:
                 return record.credential_rev  # this switch happened already (a resumed step)
@@ -327,6 +329,18 @@ async def switch_secret(
     raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
 
 
+DELETING = "deleting"
+
+
+def refuse_if_deleting(record: ConnectionRecord) -> None:
+    """A connection whose DELETE has begun takes no other write (retry the DELETE to finish it)."""
+    if record.status == DELETING:
+        raise Conflict(
+            f"connection {record.id} is being deleted; send the DELETE again to finish it",
+            code="connection-deleting",
+        )
+
+
 async def delete(
     spec: KindSpec, connection_id: str, caller: Caller, *, if_match: str | None
 ) -> ConnectionRecord:
@@ -334,6 +348,13 @@ async def delete(
     broker-made secrets from the app). A stale If-Match is a 412 before anything happens."""
     record = await store.get_record(spec.kind, connection_id)
     check_etag(record, if_match)
+    if record.status != DELETING:
+        # One writer: the row is marked under the ETag just read before any side effect, so a
+        # PATCH that wrote meanwhile makes this a 409 with nothing changed, and from here on
+        # every other writer (PATCH, a secret switch) refuses the connection.
+        record = await records.replace(
+            record.model_copy(update={"status": DELETING, "updated_at": clock.isoformat(clock.now())})
+        )
     hooks = hooks_for(spec.kind)
     if hooks is not None and record.method in hooks.methods:
         await hooks.deleting(facts_of(spec, record), caller)

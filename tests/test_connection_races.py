@@ -203,3 +203,69 @@ def test_a_300_character_name_is_a_422_naming_it(api: httpx.Client, fake_azure: 
         "credentials": {"accessToken": "x", "orgName": "o"},
     }
     assert_problem(api.post("/api/v1/app-connections/azure-devops", json=devops), 422, "name")
+
+
+def test_a_patch_racing_a_delete_is_refused_and_the_delete_finishes(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """Found by the concurrency harness (seeds 1003, 1234): a rename PATCH that wrote while a DELETE
+    was removing the app's secrets made the DELETE's row delete fail (409) after the rotation was
+    gone: a refused request had changed state. The DELETE now claims the row first."""
+    app = make_app(fake_azure)
+    body = made.create(app)
+    removals = fake_azure.request_count("graph", "removePassword", "POST")
+    fake_azure.inject("graph", "delay", path_pattern="removePassword", seconds=HOLD_SECONDS)
+
+    deleting, answers = _in_background(lambda: api.delete(f"{PREFIX}/{body['id']}"))
+    _wait_for_request(fake_azure, "graph", "removePassword", "POST", removals)
+    renamed = api.patch(f"{PREFIX}/{body['id']}", json={"name": f"{body['name']}-renamed"})
+    deleting.join(30)
+
+    assert answers, "the DELETE answered"
+    assert answers[0].status_code == 204, answers[0].text
+    assert assert_problem(renamed, 409)["type"].endswith("#connection-deleting")
+    assert app.broker_keys() == [], [(c.key_id, c.display_name) for c in app.passwords()]
+    assert rotation_row(broker, body["id"]) is None
+    assert_problem(api.get(f"{PREFIX}/{body['id']}"), 404)
+
+
+def test_a_delete_that_loses_to_a_patch_changes_nothing(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """A DELETE whose read is older than a PATCH's write is a 409 before any side effect. The window
+    between the DELETE's read and its claim is too short to hit from outside, so the test pauses
+    there: the DELETE is handed its own (now stale) read while a rename has been written."""
+    app = make_app(fake_azure)
+    body = made.create(app)
+    before = {c.key_id for c in app.passwords()}
+    reads = fake_azure.request_count("graph", "removePassword", "POST")
+
+    async def delete_after_a_rename() -> Any:
+        from connections import client_secrets, lifecycle, store
+        from core import records
+
+        record = await store.get_record(client_secrets.KIND, body["id"])
+        # Another request renames the connection between this DELETE's read and its claim.
+        await records.replace(record.model_copy(update={"name": f"{record.name}-moved"}))
+        original = store.get_record
+
+        async def stale(kind: str, connection_id: str) -> Any:
+            return record
+
+        store.get_record = stale  # type: ignore[assignment]  (the DELETE sees its own older read)
+        try:
+            from core.auth import Caller, Role
+
+            admin = Caller(id="t", name="t", roles=frozenset({Role.ADMIN}))
+            return await lifecycle.delete(client_secrets.SPEC, body["id"], admin, if_match=None)
+        finally:
+            store.get_record = original  # type: ignore[assignment]
+
+    from core.tables import ConcurrencyConflict
+
+    with pytest.raises(ConcurrencyConflict):
+        broker.run(delete_after_a_rename())
+    assert fake_azure.request_count("graph", "removePassword", "POST") == reads
+    assert {c.key_id for c in app.passwords()} == before, "the app's secrets are untouched"
+    assert rotation_row(broker, body["id"]) is not None
+    assert_validates(broker, body["id"])
