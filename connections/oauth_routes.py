@@ -18,7 +18,7 @@ from connections import oauth, store
 from connections.oauth import CALLBACK_PATH
 from connections.routes import view_of
 from connections.store import KIND_LABEL
-from core.errors import Problem, problem_response
+from core.errors import Problem, render
 
 router = APIRouter(tags=["oauth"])
 
@@ -66,15 +66,7 @@ async def oauth_callback(
     except Problem as problem:
         if _wants_html(request):
             return _page(problem.status, "The connection was not created", [problem.detail])
-        return problem_response(
-            problem.status,
-            problem.title,
-            problem.detail,
-            code=problem.code,
-            errors=problem.errors,
-            headers=problem.headers,
-            extra=problem.extra,
-        )
+        return render(problem)
     body = await _connection_body(completed)
     if _wants_html(request):
         title = KIND_LABEL.get(completed.kind, completed.kind)
