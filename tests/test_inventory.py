@@ -235,6 +235,11 @@ def test_expiring_events_once_per_credential_per_day_and_two_runs_at_once_scan_o
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="broker.events")
+    # Start at the broker's next UTC noon, so the hourly runs below stay inside one UTC day whatever
+    # the wall clock says (run at 22:50 UTC, "an hour later" would be the next day).
+    now = clock.now()
+    noon = now.replace(hour=12, minute=0, second=0, microsecond=0)
+    clock.advance((noon if noon > now else noon + timedelta(days=1)) - now)
     tenant = fake_azure.add_tenant()
     connection_id, _, connection_secret = connect(api, made, fake_azure, tenant, READ_ALL)
     app = fake_azure.add_application(tenant, unique("expiring"))
