@@ -322,3 +322,80 @@ def test_the_inventory_names_a_secret_rotation_s_keys_as_managed(setup: Setup, b
     by_key = {item["keyId"].lower(): item["managedBy"] for item in response.json()["items"]}
     assert by_key[second["currentKeyId"].lower()] == "secret-rotation"
     assert by_key[second["previousKeyId"].lower()] == "secret-rotation"
+
+
+@pytest.mark.usefixtures("destination_hosts")
+def test_one_rotation_feeds_a_vault_an_app_configuration_reference_and_a_variable_group(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14's walk-through: every destination holds the current secret after two rotations, the
+    group's other variables are intact, and the app holds exactly two broker secrets."""
+    caplog.set_level(logging.DEBUG)
+    fake, tag = setup.fake, uuid.uuid4().hex[:6]
+    vault = fake.add_vault(f"apps-{tag}", setup.rotated.tenant)
+    fake.grant_vault(vault, setup.rotated.app, "Key Vault Secrets Officer")
+    store = fake.add_app_config_store(f"config-{tag}", setup.rotated.tenant)
+    fake.grant_app_config(store, setup.rotated.app, "App Configuration Data Owner")
+    org = fake.add_devops_org(f"org-{tag}", projects=["web"])
+    fake.add_variable_group(org, "web", "web-secrets", {"Region": "westeurope"}, secrets={"Db": "db-secret"})
+    pat = fake.add_pat(org, ["vso.project", "vso.variablegroups_manage"])
+    devops = setup.api.post(
+        "/api/v1/app-connections/azure-devops",
+        json={
+            "name": f"ado-{tag}",
+            "method": "access-token",
+            "credentials": {"accessToken": pat, "orgName": org.name},
+        },
+    )
+    assert devops.status_code == 201, devops.text
+    destinations = [
+        {
+            "type": "key-vault",
+            "vaultUrl": fake.vault_url(vault.name),
+            "secretName": "web-secret",
+            "connectionId": setup.connection_id,
+        },
+        {
+            "type": "app-configuration",
+            "endpoint": fake.app_config_endpoint(store.name),
+            "key": "Web:Secret",
+            "connectionId": setup.connection_id,
+            "keyVaultReference": True,
+        },
+        {
+            "type": "devops-variable-group",
+            "connectionId": devops.json()["id"],
+            "project": "web",
+            "variableGroup": "web-secrets",
+            "variable": "ClientSecret",
+            "clientIdVariable": "ClientId",
+        },
+    ]
+    try:
+        created = setup.create(destinations=destinations)
+        rid = created["id"]
+        setup.rotate(rid)
+        final = setup.rotate(rid)
+        assert [d["status"] for d in final["destinations"]] == ["synced"] * 3, final["destinations"]
+        current = setup.current(rid).json()
+        secret, key_id = current["clientSecret"], current["keyId"]
+
+        held = fake.vault_secret(vault, "web-secret")
+        assert held.value == secret
+        reference = fake.app_config_value(store, "Web:Secret")
+        assert reference.content_type.startswith("application/vnd.microsoft.appconfig.keyvaultref+json")
+        assert f"/secrets/web-secret/{held.version}" in reference.value
+        group = fake.variable_group(org, "web-secrets")
+        assert (group.variables["ClientSecret"].value, group.variables["ClientSecret"].is_secret) == (
+            secret,
+            True,
+        )
+        assert group.variables["ClientId"].value == setup.target.app_id
+        assert group.variables["Region"].value == "westeurope"
+        assert (group.variables["Db"].value, group.variables["Db"].is_secret) == ("db-secret", True)
+
+        assert setup.broker_keys(rid) == {key_id, final["previousKeyId"]}
+        assert fake.state.check_secret(setup.target, secret) is not None
+        assert_no_secret([secret], setup.api.get(f"{PREFIX}/{rid}"), caplog.text)
+    finally:
+        setup.api.delete(f"/api/v1/app-connections/azure-devops/{devops.json()['id']}")
