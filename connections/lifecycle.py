@@ -305,7 +305,9 @@ async def switch_secret(
     change of anything else (a rename) is re-read and tried again. The new revision."""
     for _ in range(5):
         record = await store.get_record(spec.kind, connection_id)
-        refuse_if_deleting(record)
+        if record.status == DELETING:
+            # Like a credential change: the caller (a rotation) undoes its own new secret.
+            raise RevisionMoved(f"connection {connection_id} is being deleted")
         if record.credential_rev != from_rev:
             if await store.read_secret(record, purpose) == secret:
                 return record.credential_rev  # this switch happened already (a resumed step)
@@ -333,7 +335,7 @@ DELETING = "deleting"
 
 
 def refuse_if_deleting(record: ConnectionRecord) -> None:
-    """A connection whose DELETE has begun takes no other write (retry the DELETE to finish it)."""
+    """A connection whose DELETE has begun takes no PATCH (retry the DELETE to finish it)."""
     if record.status == DELETING:
         raise Conflict(
             f"connection {record.id} is being deleted; send the DELETE again to finish it",
