@@ -72,7 +72,7 @@ def main() -> None:
             if os.environ["AUTH_MODE"] == "local"
             else ""
         )
-        + "  timers:   rotation, lease expiry and reconcile run on their schedules\n"
+        + "  timers:   rotation, lease expiry, reconcile and inventory run on their schedules\n"
         "  Ctrl-C stops everything.\n",
         flush=True,
     )
