@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field
 
@@ -36,12 +36,8 @@ class PendingAuthorization:
     redirect_uri: str
 
 
-class OAuthState(records.Record):
+class OAuthState(records.Record, table="OAuthStates", pk="partition", rk="key"):
     """One pending (or consumed) authorization."""
-
-    TABLE: ClassVar[str] = "OAuthStates"
-    PK_FIELD: ClassVar[str] = "partition"
-    RK_FIELD: ClassVar[str] = "key"
 
     partition: str = STATES_PK
     key: str

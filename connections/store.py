@@ -22,7 +22,6 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import ClassVar
 
 from pydantic import Field
 
@@ -39,12 +38,8 @@ KIND_PREFIX = {"azure-client-secrets": "azcs", "azure-devops": "azdo"}
 KIND_LABEL = {"azure-client-secrets": "Azure Client Secrets", "azure-devops": "Azure DevOps"}
 
 
-class ConnectionRecord(records.Record):
+class ConnectionRecord(records.Record, table="AppConnections", pk="kind", rk="id"):
     """One connection row: plain metadata plus the names (never the values) of its secrets."""
-
-    TABLE: ClassVar[str] = "AppConnections"
-    PK_FIELD: ClassVar[str] = "kind"
-    RK_FIELD: ClassVar[str] = "id"
 
     kind: str
     id: str
@@ -63,12 +58,8 @@ class ConnectionRecord(records.Record):
     created_by: str = ""
 
 
-class NameClaim(records.Record):
+class NameClaim(records.Record, table="AppConnectionNames", pk="kind", rk="name"):
     """A connection name taken by one connection of a kind."""
-
-    TABLE: ClassVar[str] = "AppConnectionNames"
-    PK_FIELD: ClassVar[str] = "kind"
-    RK_FIELD: ClassVar[str] = "name"
 
     kind: str
     name: str

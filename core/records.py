@@ -29,7 +29,10 @@ def iso(value: datetime) -> str:
 
 
 class Record(BaseModel):
-    """Base of every stored entity. Subclasses set TABLE, PK_FIELD and RK_FIELD (field names)."""
+    """Base of every stored entity: `class Lease(Record, table="Leases", pk="...", rk="..."):`.
+
+    `pk` and `rk` name the fields that are the row's PartitionKey and RowKey.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, validate_assignment=True, extra="ignore"
@@ -40,6 +43,11 @@ class Record(BaseModel):
     RK_FIELD: ClassVar[str]
 
     etag: str | None = Field(default=None, exclude=True)
+
+    def __init_subclass__(cls, table: str = "", pk: str = "", rk: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if table:
+            cls.TABLE, cls.PK_FIELD, cls.RK_FIELD = table, pk, rk
 
     @property
     def pk(self) -> str:

@@ -13,7 +13,7 @@ Tables (logical names; core.tables adds the deployment prefix):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Literal
 
 from core import clock, records
 from core.models import ApiModel
@@ -22,12 +22,8 @@ SCAN_PK = "scan"
 CredentialType = Literal["password", "certificate"]
 
 
-class InventoryEntry(records.Record):
+class InventoryEntry(records.Record, table="CredentialInventory", pk="connection_id", rk="key_id"):
     """One expiring (or expired) credential of an app registration, as one connection sees it."""
-
-    TABLE: ClassVar[str] = "CredentialInventory"
-    PK_FIELD: ClassVar[str] = "connection_id"
-    RK_FIELD: ClassVar[str] = "key_id"
 
     connection_id: str
     key_id: str
@@ -47,12 +43,8 @@ class InventoryEntry(records.Record):
         return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
 
-class ScanRecord(records.Record):
+class ScanRecord(records.Record, table="InventoryScans", pk="partition", rk="connection_id"):
     """One connection's last inventory scan, and the claim of a scan in progress."""
-
-    TABLE: ClassVar[str] = "InventoryScans"
-    PK_FIELD: ClassVar[str] = "partition"
-    RK_FIELD: ClassVar[str] = "connection_id"
 
     partition: str = SCAN_PK
     connection_id: str

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
@@ -53,11 +53,7 @@ def _seconds_or_legacy_text(value: object) -> object:
 StoredTtl = Annotated[timedelta, BeforeValidator(_seconds_or_legacy_text)]
 
 
-class DynamicSecret(Record):
-    TABLE: ClassVar[str] = "DynamicSecrets"
-    PK_FIELD: ClassVar[str] = "partition"
-    RK_FIELD: ClassVar[str] = "name"
-
+class DynamicSecret(Record, table="DynamicSecrets", pk="partition", rk="name"):
     partition: str = "ds"
     name: str
     id: str
@@ -74,7 +70,7 @@ class DynamicSecret(Record):
     created_by: str | None = None
 
 
-class SecretIntent(Record):
+class SecretIntent(Record, table="DynamicSecrets", pk="partition", rk="key"):
     """A copy of an app's client secret written to the secret store and not yet referenced.
 
     It lives in the `ds` partition next to the dynamic secret rows (RowKey `~intent_{time}_{ref}`
@@ -83,10 +79,6 @@ class SecretIntent(Record):
     still `pending` after RECONCILE_AFTER belongs to a writer that died, and the reconciler
     takes it (ETag) and deletes the copy; a `committed` one still has `replaces` to delete.
     """
-
-    TABLE: ClassVar[str] = "DynamicSecrets"
-    PK_FIELD: ClassVar[str] = "partition"
-    RK_FIELD: ClassVar[str] = "key"
 
     partition: str = "ds"
     key: str
@@ -103,12 +95,8 @@ class SecretIntent(Record):
         )
 
 
-class UserClaim(Record):
+class UserClaim(Record, table="DynamicSecretUsers", pk="tenant_id", rk="user_id"):
     """`DynamicSecretUsers`: the user is served by the dynamic secret `name` (id `ds_id`)."""
-
-    TABLE: ClassVar[str] = "DynamicSecretUsers"
-    PK_FIELD: ClassVar[str] = "tenant_id"
-    RK_FIELD: ClassVar[str] = "user_id"
 
     tenant_id: str
     user_id: str
@@ -117,12 +105,8 @@ class UserClaim(Record):
     claimed_at: datetime
 
 
-class LeaseClaim(Record):
+class LeaseClaim(Record, table="Leases", pk="name", rk="slot"):
     """`Leases/{name}/active`: the one live lease of a dynamic secret, or a `(deleting)` marker."""
-
-    TABLE: ClassVar[str] = "Leases"
-    PK_FIELD: ClassVar[str] = "name"
-    RK_FIELD: ClassVar[str] = "slot"
 
     name: str
     slot: str = ACTIVE
@@ -134,11 +118,7 @@ class LeaseClaim(Record):
         return self.lease_id.startswith(DELETING)
 
 
-class Lease(Record):
-    TABLE: ClassVar[str] = "Leases"
-    PK_FIELD: ClassVar[str] = "dynamic_secret_name"
-    RK_FIELD: ClassVar[str] = "id"
-
+class Lease(Record, table="Leases", pk="dynamic_secret_name", rk="id"):
     dynamic_secret_name: str
     id: str
     dynamic_secret_id: str
@@ -168,12 +148,8 @@ class Lease(Record):
         return self.tenant_id.lower(), self.application_id.lower()
 
 
-class IndexEntry(Record):
+class IndexEntry(Record, table="LeaseIndex", pk="shard", rk="key"):
     """`LeaseIndex`: one time-ordered pointer at a lease (`due`, `intent` or `purge`)."""
-
-    TABLE: ClassVar[str] = "LeaseIndex"
-    PK_FIELD: ClassVar[str] = "shard"
-    RK_FIELD: ClassVar[str] = "key"
 
     shard: str
     key: str

@@ -22,12 +22,9 @@ ROW_KEY = "secret-rotation"
 DUE_PARTITION = "secret-due"
 
 
-class SecretRotationRecord(RotationRecord):
+class SecretRotationRecord(RotationRecord, table="SecretRotations", pk="id", rk="row_key"):
     """`client_secret_key_id` is the current secret's Key ID; `connection_id` the acting connection."""
 
-    TABLE: ClassVar[str] = "SecretRotations"
-    PK_FIELD: ClassVar[str] = "id"
-    RK_FIELD: ClassVar[str] = "row_key"
     DUE_PARTITION: ClassVar[str] = DUE_PARTITION
 
     id: str

@@ -42,12 +42,8 @@ def index_key(next_rotation_at: str, connection_id: str) -> str:
     return f"{next_rotation_at}_{connection_id}"
 
 
-class RotationRecord(records.Record):
+class RotationRecord(records.Record, table="Rotations", pk="connection_id", rk="row_key"):
     """One connection's rotation row."""
-
-    TABLE: ClassVar[str] = "Rotations"
-    PK_FIELD: ClassVar[str] = "connection_id"
-    RK_FIELD: ClassVar[str] = "row_key"
 
     connection_id: str
     row_key: str = ROW_KEY
@@ -116,24 +112,16 @@ class RotationRecord(records.Record):
         return datetime.fromisoformat(self.next_rotation_at) if self.next_rotation_at else None
 
 
-class DueEntry(records.Record):
+class DueEntry(records.Record, table="RotationDue", pk="partition", rk="key"):
     """A `RotationDue` hint: the connection is due at the time its RowKey starts with."""
-
-    TABLE: ClassVar[str] = "RotationDue"
-    PK_FIELD: ClassVar[str] = "partition"
-    RK_FIELD: ClassVar[str] = "key"
 
     partition: str = INDEX_PK
     key: str
     connection_id: str = ""
 
 
-class CleanupEntry(records.Record):
+class CleanupEntry(records.Record, table="RotationDue", pk="partition", rk="connection_id"):
     """A `RotationDue` cleanup entry: the connection's row lists Key IDs still to be removed."""
-
-    TABLE: ClassVar[str] = "RotationDue"
-    PK_FIELD: ClassVar[str] = "partition"
-    RK_FIELD: ClassVar[str] = "connection_id"
 
     partition: str = CLEANUP_PK
     connection_id: str

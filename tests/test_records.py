@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import ClassVar
 
 import pytest
 from pydantic import BaseModel, Field
@@ -26,11 +25,7 @@ class Part(BaseModel):
     ends: datetime
 
 
-class Sample(Record):
-    TABLE: ClassVar[str] = "TestRecords"
-    PK_FIELD: ClassVar[str] = "group"
-    RK_FIELD: ClassVar[str] = "id"
-
+class Sample(Record, table="TestRecords", pk="group", rk="id"):
     group: str
     id: str
     display_name: str
