@@ -58,6 +58,7 @@ RECONCILE = Job(
     "reconcile",
     "RECONCILE_SCHEDULE",
     [
+        "connections.reconciler:finish_deletes",
         "rotation.reconciler:reconcile_rotations",
         "rotation.secret_runs:reconcile_secret_rotations",
         "leases.reconciler:reconcile_leases",

@@ -9,8 +9,10 @@ update:  read the row (ETag) -> If-Match and the hooks' preconditions (`prepare_
          validate new credentials -> claim a new name -> store secrets under a new revision ->
          replace the row with its ETag (a lost race is a 409 and undoes our writes) -> drop the
          old secrets and name, invalidate cached clients -> the hooks (`updated`).
-delete:  read the row -> If-Match (412 before anything) -> the hooks (`deleting`) -> delete the
-         row (ETag) -> drop secrets and name, invalidate cached clients.
+delete:  read the row -> If-Match (412 before anything) -> claim the row (`deleting`, ETag) ->
+         the hooks (`deleting`, within the claim) -> delete the row (ETag) -> drop secrets and
+         name, invalidate cached clients. A DELETE that fails half-way is sent again by the
+         reconciler (connections.reconciler) once its claim has run out.
 
 Every precondition is checked before any side effect; every step that fails undoes what this
 request wrote; every outcome is audited. Hooks (rotation) come from core.connection_seam.
@@ -19,6 +21,7 @@ request wrote; every outcome is audited. Hooks (rotation) come from core.connect
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -26,7 +29,7 @@ from pydantic import BaseModel
 from connections import oauth, store
 from connections.kinds import ConnectionChanges, KindSpec, Material, check_etag, merged_credentials
 from connections.store import ConnectionRecord
-from core import audit, clock, records, tables
+from core import audit, azure_gateway, clock, records, tables
 from core.auth import Caller
 from core.connection_seam import ConnectionFacts, RevisionMoved, UpdatePlan, hooks_for
 from core.errors import Conflict, FieldError, Problem, Unavailable, Unprocessable
@@ -52,6 +55,7 @@ def facts_of(spec: KindSpec, record: ConnectionRecord) -> ConnectionFacts:
         client_id=record.client_id or "",
         credential_rev=record.credential_rev,
         resource=spec.resource,
+        deleting=record.status == DELETING,
     )
 
 
@@ -331,7 +335,9 @@ async def switch_secret(
     raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
 
 
-DELETING = "deleting"
+DELETING = store.DELETING
+# A DELETE's claim on its row: its Azure calls end by then; the reconciler finishes it after.
+DELETE_CLAIM = timedelta(minutes=5)
 
 
 def refuse_if_deleting(record: ConnectionRecord) -> None:
@@ -350,16 +356,17 @@ async def delete(
     broker-made secrets from the app). A stale If-Match is a 412 before anything happens."""
     record = await store.get_record(spec.kind, connection_id)
     check_etag(record, if_match)
-    if record.status != DELETING:
-        # One writer: the row is marked under the ETag just read before any side effect, so a
-        # PATCH that wrote meanwhile makes this a 409 with nothing changed, and from here on
-        # every other writer (PATCH, a secret switch) refuses the connection.
-        record = await records.replace(
-            record.model_copy(update={"status": DELETING, "updated_at": clock.isoformat(clock.now())})
-        )
+    # One writer: the row is claimed under the ETag just read before any side effect, so a PATCH
+    # that wrote meanwhile makes this a 409 with nothing changed, and from here on every other
+    # writer (PATCH, a secret switch) refuses the connection. A DELETE sent again re-claims it.
+    claimed = clock.now()
+    record = await records.replace(
+        record.model_copy(update={"status": DELETING, "updated_at": clock.isoformat(claimed)})
+    )
     hooks = hooks_for(spec.kind)
     if hooks is not None and record.method in hooks.methods:
-        await hooks.deleting(facts_of(spec, record), caller)
+        async with azure_gateway.deadline(claimed + DELETE_CLAIM):
+            await hooks.deleting(facts_of(spec, record), caller)
     await _remove(spec, record)
     await audit.record(caller, "connection.delete", spec.resource, record.id, detail=f"name={record.name}")
     return record

@@ -68,6 +68,7 @@ class NameClaim(records.Record, table="AppConnectionNames", pk="kind", rk="name"
 
 
 TABLE = ConnectionRecord.TABLE
+DELETING = "deleting"  # the status of a connection whose DELETE has begun
 NAMES_TABLE = NameClaim.TABLE
 
 
@@ -165,6 +166,12 @@ async def get_record(kind: str, connection_id: str) -> ConnectionRecord:
 async def list_records(kind: str, limit: int = 1000) -> list[ConnectionRecord]:
     rows = await tables.partition(TABLE, kind, limit=limit)
     return sorted((ConnectionRecord.from_row(r) for r in rows), key=lambda r: r.name)
+
+
+async def deleting(kind: str) -> list[ConnectionRecord]:
+    """The connections of a kind whose DELETE has begun (and not finished)."""
+    rows = tables.query(TABLE, "PartitionKey eq @pk and status eq @status", {"pk": kind, "status": DELETING})
+    return [ConnectionRecord.from_row(row) async for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------- secrets

@@ -32,6 +32,7 @@ class ConnectionFacts:
     client_id: str
     credential_rev: str
     resource: str  # the audit resource type of its events
+    deleting: bool = False  # its DELETE has begun: nothing may add to it any more
 
 
 class RevisionMoved(Exception):

@@ -124,7 +124,13 @@ def _connection_failed(record: RotationRecord, trigger: str | None, step: str, e
 async def _connection_begin(record: RotationRecord) -> None:
     from core.errors import Conflict
 
-    current = (await facts(record.connection_id)).credential_rev
+    connection = await facts(record.connection_id)
+    if connection.deleting:  # checked before the run adds anything to the app
+        raise Conflict(
+            f"connection {connection.id} is being deleted; send the DELETE again to finish it",
+            code="connection-deleting",
+        )
+    current = connection.credential_rev
     if record.connection_rev is None:
         record.connection_rev = current  # a row written before the one-writer rule
     elif record.connection_rev != current:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from core import managed_keys
+from core import managed_keys, tables
 from core.connection_seam import ConnectionFacts, KindHooks, UpdatePlan, provide_hooks
 from core.errors import FieldError, Unavailable, Unprocessable
 from rotation import azure_steps, service
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 KIND = "azure-client-secrets"
 # How long a PATCH waits for a run that began before it to fail at its switch and undo itself.
 RUN_WAIT_SECONDS = 120.0
+CONFIGURE_ATTEMPTS = 5  # row races lost in a row by a PATCH's rotation update before it answers 409
 
 
 def _settings(value: BaseModel | None) -> RotationSettings | None:
@@ -85,11 +86,22 @@ async def _updated(
     facts: ConnectionFacts, settings: BaseModel | None, plan: UpdatePlan, caller: Caller
 ) -> BaseModel | None:
     secret_changed = bool(plan.data.get("secret_changed"))
-    if secret_changed:
-        await _wait_for_run(facts.id)
-    return await service.configure_rotation(
-        facts, _settings(settings), caller, on_create=False, secret_changed=secret_changed
-    )
+    if not secret_changed:
+        return await service.configure_rotation(facts, _settings(settings), caller, on_create=False)
+    await _wait_for_run(facts.id)
+    # Two PATCHes of the secret may both get here: the one whose revision the connection holds
+    # must leave its Key ID and revision on the row, so a lost row race is re-read and re-applied
+    # (the other one then finds its revision gone and writes nothing).
+    attempts = CONFIGURE_ATTEMPTS
+    while True:
+        try:
+            return await service.configure_rotation(
+                facts, _settings(settings), caller, on_create=False, secret_changed=True
+            )
+        except tables.ConcurrencyConflict:
+            attempts -= 1
+            if attempts == 0:
+                raise
 
 
 async def _deleting(facts: ConnectionFacts, caller: Caller) -> None:

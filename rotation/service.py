@@ -178,13 +178,21 @@ async def configure_rotation(
     PATCH schedules the first rotation at the next rotate-at time instead of rotating at once.
     `secret_changed` (PATCH): the connection got a new client secret, so the stored Key ID is
     stale and only a Key ID in `settings` is kept (`key_id_for_new_secret` made sure of one
-    when rotation is on). If the previous secret was broker-made, it is listed for removal in the
-    same row write and then removed from the app (pending for the reconciler if that fails).
+    when rotation is on); nothing is written if another PATCH has replaced the secret since. If
+    the previous secret was broker-made, it is listed for removal in the same row write and then
+    removed from the app (pending for the reconciler if that fails).
     """
     from rotation import azure_steps, cleanup, runs, store
     from rotation.flavours import CONNECTION
 
     existing = None if on_create else await store.load(connection.id)
+    if (
+        secret_changed
+        and (await azure_steps.facts(connection.id)).credential_rev != connection.credential_rev
+    ):
+        # A later PATCH replaced this one's secret (checked after the read, so its write of the row
+        # makes our save a conflict): that PATCH records its own Key ID and revision.
+        return None if existing is None else view_of(existing)
     if settings is None and secret_changed and existing is not None:
         settings = RotationSettings(enabled=existing.enabled)  # forget the previous Key ID
     if settings is None:

@@ -63,7 +63,7 @@ OPS = {  # name -> weight
     "fault": 3,
 }
 JOB_NAMES = ("rotation", "lease_expiry", "reconcile")
-PAST_EVERY_CLAIM = timedelta(minutes=6)  # > rotation STUCK_AFTER + longest call, lease claim, intent age
+PAST_EVERY_CLAIM = timedelta(minutes=6)  # > STUCK_AFTER, DELETE_CLAIM + longest call, lease claim, intent age
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,81 @@ def test_a_delete_that_loses_to_a_patch_changes_nothing(
     assert {c.key_id for c in app.passwords()} == before, "the app's secrets are untouched"
     assert rotation_row(broker, body["id"]) is not None
     assert_validates(broker, body["id"])
+
+
+def test_a_delete_that_fails_half_way_is_finished_by_the_reconciler(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """Found by the concurrency harness (seed 3028): a DELETE that failed after claiming the row (an
+    Azure fault while the broker's secrets were removed) left the connection `deleting` for good,
+    refusing every PATCH and rotation until someone sent the DELETE again. The reconciler now sends
+    it once the failed DELETE's claim has run out, and not before."""
+    from core import clock
+
+    app = make_app(fake_azure)
+    body = made.create(app)
+    fake_azure.inject("graph", "500", count=None, path_pattern="removePassword")
+    assert api.delete(f"{PREFIX}/{body['id']}").status_code >= 500
+    fake_azure.reset_faults()
+    assert app.broker_keys(), "the failed DELETE left the broker's secret on the app"
+    assert_problem(api.post(f"{PREFIX}/{body['id']}/rotate"), 409)
+
+    assert _reconcile(broker).get("busy") == 1, "the DELETE's claim is still live: nobody takes over"
+    assert api.get(f"{PREFIX}/{body['id']}").status_code == 200
+
+    clock.advance(timedelta(minutes=6))
+    assert _reconcile(broker).get("finished") == 1
+    assert_problem(api.get(f"{PREFIX}/{body['id']}"), 404)
+    assert app.broker_keys() == [], [(c.key_id, c.display_name) for c in app.passwords()]
+    assert rotation_row(broker, body["id"]) is None
+    assert pending_vault_secrets(fake_azure) == []
+    assert _reconcile(broker) == {}, "nothing left to finish"
+
+
+def _reconcile(broker: ServerHandle) -> dict[str, Any]:
+    from connections.reconciler import finish_deletes
+
+    return broker.run(finish_deletes())
+
+
+def test_two_patches_of_the_secret_leave_the_later_ones_key_id_on_the_rotation(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """Found by the concurrency harness (seed 3023): two PATCHes of the client secret, the first held
+    between its connection write and its rotation update while the second did both. The first then
+    wrote its own Key ID and revision over the second's, so the rotation tracked a secret the
+    connection no longer used and refused to run ("rotation settings are being updated") for good.
+    Now the first finds its revision replaced and leaves the rotation row to the second."""
+    app = make_app(fake_azure)
+    body = made.create(app)
+    bodies = []
+    for label in ("first", "second"):
+        key, secret = fake_azure.add_password(app.app, display_name=f"{label} by hand")
+        bodies.append(
+            {"credentials": {"clientSecret": secret}, "rotation": {"enabled": True, "clientSecretKeyId": key}}
+        )
+    deletes = fake_azure.request_count("keyvault", r"/secrets/", "DELETE")
+    fake_azure.inject("keyvault", "delay", path_pattern=r"/secrets/", method="DELETE", seconds=HOLD_SECONDS)
+
+    first, answers = _in_background(lambda: api.patch(f"{PREFIX}/{body['id']}", json=bodies[0]))
+    _wait_for_request(fake_azure, "keyvault", r"/secrets/", "DELETE", deletes)  # its row is written
+    second = api.patch(f"{PREFIX}/{body['id']}", json=bodies[1])
+    first.join(60)
+
+    assert second.status_code == 200, second.text
+    assert answers, "the first PATCH answered"
+    assert answers[0].status_code == 200, answers[0].text
+    second_key = bodies[1]["rotation"]["clientSecretKeyId"]
+    assert current_secret(broker, body["id"]) == bodies[1]["credentials"]["clientSecret"]
+    assert api.get(f"{PREFIX}/{body['id']}").json()["rotation"]["clientSecretKeyId"] == second_key
+    assert rotation_row(broker, body["id"]).connection_rev == _credential_rev(broker, body["id"])
+    rotated = api.post(f"{PREFIX}/{body['id']}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    assert second_key not in {c.key_id.lower() for c in app.passwords()}, "the rotation replaced it"
+    assert_validates(broker, body["id"])
+
+
+def _credential_rev(broker: ServerHandle, connection_id: str) -> str:
+    from connections import client_secrets, store
+
+    return broker.run(store.get_record(client_secrets.KIND, connection_id)).credential_rev
