@@ -27,8 +27,12 @@ class _Access:
     async def app_access(self, kind: str, connection_id: str) -> AppAccess:
         return await client_secrets.app_access(await store.get_record(kind, connection_id))
 
-    async def switch_client_secret(self, kind: str, connection_id: str, secret: str, *, from_rev: str) -> str:
-        return await client_secrets.switch_client_secret(connection_id, secret, from_rev=from_rev)
+    async def switch_client_secret(
+        self, kind: str, connection_id: str, secret: str, *, from_rev: str, key_id: str
+    ) -> str:
+        return await client_secrets.switch_client_secret(
+            connection_id, secret, from_rev=from_rev, key_id=key_id
+        )
 
     async def devops_authorization(self, connection_id: str) -> tuple[str, Callable[[], Awaitable[str]]]:
         record = await store.get_record(devops.KIND, connection_id)

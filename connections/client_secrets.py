@@ -266,7 +266,7 @@ async def invalidate_client(record: ConnectionRecord) -> None:
     await azure_credentials.drop(record.tenant_id or "", record.client_id or "", material)
 
 
-async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str) -> str:
+async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str, key_id: str = "") -> str:
     """Make `secret` the connection's client secret if it is still at `from_rev` (see lifecycle)."""
     record = await store.get_record(KIND, connection_id)
     if record.method != "client-secret":
@@ -275,7 +275,9 @@ async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str
             "only client-secret connections have a client secret",
             code="wrong-method",
         )
-    return await lifecycle.switch_secret(SPEC, connection_id, "clientSecret", secret, from_rev=from_rev)
+    return await lifecycle.switch_secret(
+        SPEC, connection_id, "clientSecret", secret, from_rev=from_rev, key_id=key_id
+    )
 
 
 # ---------------------------------------------------------------------------------------------- OAuth

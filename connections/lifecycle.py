@@ -56,6 +56,7 @@ def facts_of(spec: KindSpec, record: ConnectionRecord) -> ConnectionFacts:
         credential_rev=record.credential_rev,
         resource=spec.resource,
         deleting=record.status == DELETING,
+        secret_key_id=record.secret_key_id,
     )
 
 
@@ -258,6 +259,8 @@ async def _update_row(
         updated = _with_identity(
             updated.model_copy(update={"meta": material[1], "credential_rev": store.new_rev()}), credentials
         )
+        if plan is not None and plan.secret_key_id is not None:
+            updated.secret_key_id = plan.secret_key_id
         await validated(
             spec, caller, record.id, updated, material, check_app=plan.check_app if plan else None
         )
@@ -301,7 +304,7 @@ async def _update_row(
 
 
 async def switch_secret(
-    spec: KindSpec, connection_id: str, purpose: str, secret: str, *, from_rev: str
+    spec: KindSpec, connection_id: str, purpose: str, secret: str, *, from_rev: str, key_id: str = ""
 ) -> str:
     """Make `secret` the connection's `purpose` secret if it is still at `from_rev` (the one writer
     rule): the secret goes under a new revision, the row flips to it with its ETag, then the old
@@ -319,7 +322,12 @@ async def switch_secret(
         rev = store.new_rev()
         refs = await store.put_secrets(spec.kind, record.id, rev, {purpose: secret})
         updated = record.model_copy(
-            update={"credential_rev": rev, "secret_refs": refs, "updated_at": clock.isoformat(clock.now())}
+            update={
+                "credential_rev": rev,
+                "secret_refs": refs,
+                "secret_key_id": key_id,
+                "updated_at": clock.isoformat(clock.now()),
+            }
         )
         try:
             await records.replace(updated)

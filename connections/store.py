@@ -51,6 +51,10 @@ class ConnectionRecord(records.Record, table="AppConnections", pk="kind", rk="id
     org_name: str | None = None
     status: str = "active"
     credential_rev: str = ""
+    # The Key ID (Secret ID) on the app of the client secret at `credential_rev`, when known: a
+    # PATCH's rotation.clientSecretKeyId or a rotation's new secret. A rotation whose own record
+    # missed a PATCH takes its Key ID from here.
+    secret_key_id: str = ""
     secret_refs: dict[str, str] = Field(default_factory=dict)
     meta: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""

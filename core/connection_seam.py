@@ -33,6 +33,7 @@ class ConnectionFacts:
     credential_rev: str
     resource: str  # the audit resource type of its events
     deleting: bool = False  # its DELETE has begun: nothing may add to it any more
+    secret_key_id: str = ""  # the Key ID of its client secret at `credential_rev` ("" = not known)
 
 
 class RevisionMoved(Exception):
@@ -50,8 +51,11 @@ class ConnectionAccess(Protocol):
         """The connection's credential and Graph client (core.azure_credentials: the one cache);
         its `pace_key` is what the gateway paces the calls by."""
 
-    async def switch_client_secret(self, kind: str, connection_id: str, secret: str, *, from_rev: str) -> str:
-        """Make `secret` the connection's client secret if it is still at `from_rev`; the new revision.
+    async def switch_client_secret(
+        self, kind: str, connection_id: str, secret: str, *, from_rev: str, key_id: str
+    ) -> str:
+        """Make `secret` (Key ID `key_id`) the connection's client secret if it is still at
+        `from_rev`; the new revision.
 
         `RevisionMoved` if another writer changed the credentials (nothing is overwritten).
         """
@@ -67,6 +71,7 @@ class UpdatePlan:
     credentials read while they are validated (and refuses with a problem naming the field)."""
 
     check_app: Callable[[Any], None] | None = None
+    secret_key_id: str | None = None  # stored with new credentials: None keeps it, "" = not known
     data: dict[str, Any] = field(default_factory=dict)
 
 

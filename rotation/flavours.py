@@ -17,11 +17,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from core import clock, events
-from core.connection_seam import RevisionMoved, access
+from core.connection_seam import ConnectionFacts, RevisionMoved, access
 from rotation.azure_steps import KIND, RotationError, facts, remove_password
 
 if TYPE_CHECKING:
     from rotation.store import RotationRecord
+
+log = logging.getLogger(__name__)
 
 DISPLAY_PREFIX = "azure-credential-broker"  # the broker's marker on every password it adds
 # A connection's new secret lives until its next planned rotation plus this margin, so that a few
@@ -79,7 +81,11 @@ async def _switch(record: RotationRecord, secret: str) -> None:
     # revision this run planned from; a PATCH that changed it meanwhile wins (RevisionMoved).
     try:
         record.connection_rev = await access().switch_client_secret(
-            KIND, record.connection_id, secret, from_rev=record.connection_rev or ""
+            KIND,
+            record.connection_id,
+            secret,
+            from_rev=record.connection_rev or "",
+            key_id=record.new_key_id or "",
         )
     except RevisionMoved:
         raise Superseded(
@@ -130,15 +136,32 @@ async def _connection_begin(record: RotationRecord) -> None:
             f"connection {connection.id} is being deleted; send the DELETE again to finish it",
             code="connection-deleting",
         )
-    current = connection.credential_rev
     if record.connection_rev is None:
-        record.connection_rev = current  # a row written before the one-writer rule
-    elif record.connection_rev != current:
+        record.connection_rev = connection.credential_rev  # a row written before the one-writer rule
+    elif record.connection_rev != connection.credential_rev:
+        await _adopt(record, connection)
+
+
+async def _adopt(record: RotationRecord, connection: ConnectionFacts) -> None:
+    """Follow a credential change whose PATCH never updated this row (refused by a half-done run,
+    or its worker died): the connection row names the Key ID of the secret it holds now. A broker
+    secret the connection no longer uses is listed for removal in the same row write (`begin`'s)."""
+    from core.errors import Conflict
+    from rotation import cleanup
+
+    if not connection.secret_key_id:
         raise Conflict(
-            "the connection's credentials changed and its rotation settings are being updated; "
-            "try again in a moment",
-            code="rotation-in-flight",
+            "the connection's client secret was replaced and the rotation does not know its Key ID; "
+            'send PATCH with "rotation": {"clientSecretKeyId": "<Secret ID of the current secret>"}',
+            code="rotation-not-configured",
         )
+    previous, broker_owned = (record.client_secret_key_id or "").lower(), record.broker_owned
+    record.client_secret_key_id = connection.secret_key_id.lower()
+    record.connection_rev = connection.credential_rev
+    record.broker_owned = False
+    if broker_owned and previous:
+        await cleanup.retire(record, previous)  # a no-op if it is the same Key ID
+    log.info("rotation of %s follows the connection's new secret", record.connection_id)
 
 
 CONNECTION = Flavour(

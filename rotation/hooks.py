@@ -63,7 +63,11 @@ async def _prepare_update(
         if key_id is None
         else partial(azure_steps.require_key_id, key_id=key_id, client_id=facts.client_id)
     )
-    return UpdatePlan(check_app=check, data={"secret_changed": secret_changed})
+    return UpdatePlan(
+        check_app=check,
+        secret_key_id=(key_id or "") if secret_changed else None,
+        data={"secret_changed": secret_changed},
+    )
 
 
 async def _wait_for_run(connection_id: str) -> None:

@@ -342,6 +342,7 @@ async def take_over(record: RotationRecord, caller: Caller) -> RotationRecord:
     if record.step == "planned":
         try:
             record = await rollback(record)
+            await flavour_of(record).check_begin(record)  # afresh: as `begin` would (a PATCH meanwhile)
         except Exception as error:
             return await _fail(record, error)
         _plan(record, caller, cast(Trigger, record.trigger or "schedule"))

@@ -170,7 +170,7 @@ class World:
         response = await self.client.request(method, url, **kwargs)
         self.outcome.trace.append(
             f"  {started - self.t0:6.2f}s {method} {url} -> {response.status_code} "
-            f"({time.monotonic() - started:.2f}s)"
+            f"({time.monotonic() - started:.2f}s)" + _detail(response)
         )
         self.outcome.statuses.append((f"{method} {url}", response.status_code))
         if response.status_code >= 500 and response.status_code not in (502, 503, 504):
@@ -484,6 +484,16 @@ async def _fresh_worker() -> None:
     from core.loop_cache import close_all
 
     await close_all()
+
+
+def _detail(response: httpx.Response) -> str:
+    """A refusal's problem detail for the trace (problem bodies never hold a secret)."""
+    if response.status_code < 400 or "json" not in response.headers.get("content-type", ""):
+        return ""
+    try:
+        return f" {str(response.json().get('detail', ''))[:200]}"
+    except ValueError:
+        return ""
 
 
 async def _advance(clock: Any, delta: timedelta) -> None:

@@ -44,6 +44,8 @@ def test_schedule_keeps_invariants(
         f"{outcome.refusals_checked}, skipped (overlapped) {outcome.refusals_skipped}, "
         + ", ".join(f"{name} {at:.1f}s" for name, at in outcome.phases.items())
     )
+    for violation in outcome.violations:  # live with `make soak PYTEST_ARGS=-s`, before the summary
+        print(f"seed {seed} violation: {violation[:400]}")
     assert not outcome.violations, (
         "\n".join(outcome.violations)
         + "\n\nrequests:\n"

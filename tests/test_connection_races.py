@@ -28,6 +28,7 @@ from tests.rotation_helpers import (
     pending_vault_secrets,
     rotation_block,
     rotation_row,
+    run_reconciler,
 )
 
 HOLD_SECONDS = 3.0
@@ -347,3 +348,43 @@ def _credential_rev(broker: ServerHandle, connection_id: str) -> str:
     from connections import client_secrets, store
 
     return broker.run(store.get_record(client_secrets.KIND, connection_id)).credential_rev
+
+
+def test_a_secret_patch_refused_by_a_half_done_rotation_is_followed_by_the_next_one(
+    made: Connections, api: httpx.Client, fake_azure: Any, broker: ServerHandle
+) -> None:
+    """Found by the concurrency harness (seed 5054): a rotation began while a PATCH of the secret was
+    between its checks and its row write, and its addPassword failed (outcome unknown), so it stayed
+    half-done. The PATCH wrote the connection but could not update the rotation (409), and the
+    rotation then refused to run for good. The connection row now names its secret's Key ID, and the
+    next run follows it: the PATCH's secret is the one rotated away, the old broker secret removed."""
+    from core import clock
+
+    app = make_app(fake_azure)
+    body = made.create(app)
+    first_broker_key = body["rotation"]["clientSecretKeyId"]
+    key, secret = fake_azure.add_password(app.app, display_name="replaced by hand")
+    patch = {"credentials": {"clientSecret": secret}, "rotation": {"enabled": True, "clientSecretKeyId": key}}
+    puts = fake_azure.request_count("keyvault", r"/secrets/", "PUT")
+    fake_azure.inject("keyvault", "delay", path_pattern=r"/secrets/", method="PUT", seconds=HOLD_SECONDS)
+
+    patching, answers = _in_background(lambda: api.patch(f"{PREFIX}/{body['id']}", json=patch))
+    _wait_for_request(fake_azure, "keyvault", r"/secrets/", "PUT", puts)  # checked, not yet written
+    fake_azure.inject("graph", "500", count=None, path_pattern="addPassword")
+    assert_problem(api.post(f"{PREFIX}/{body['id']}/rotate"), 502)  # half-done: addPassword unknown
+    patching.join(60)
+    fake_azure.reset_faults()
+
+    assert answers, "the PATCH answered"
+    assert answers[0].status_code == 409, answers[0].text  # the rotation block was not applied
+    assert current_secret(broker, body["id"]) == secret
+    clock.advance(timedelta(minutes=6))  # past the half-done run's claim
+
+    rotated = api.post(f"{PREFIX}/{body['id']}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    new_key = rotated.json()["clientSecretKeyId"]
+    assert new_key not in (key, first_broker_key)
+    assert_validates(broker, body["id"])
+    assert key not in app.key_ids(), "the PATCH's secret was rotated away"
+    run_reconciler(broker)
+    assert [c.key_id.lower() for c in app.broker_keys()] == [new_key], "the old broker secret is removed"
