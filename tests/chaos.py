@@ -336,7 +336,7 @@ class World:
         """No other operation on the same resource (or a timer) overlapped this one."""
         return not any(
             other is not span
-            and other.resource in (span.resource, "*")
+            and _related(other.resource, span.resource)
             and other.start < span.end
             and other.end > span.start
             for other in self.spans
@@ -484,6 +484,15 @@ async def _fresh_worker() -> None:
     from core.loop_cache import close_all
 
     await close_all()
+
+
+def _related(one: str, other: str) -> bool:
+    """Operations on these resources can change each other's snapshot: the same one, a timer (`*`),
+    or a dynamic secret and one of its leases (a lease id starts with `{name}.`; seed 5067)."""
+    if one == other or "*" in (one, other):
+        return True
+    ds, lease = sorted((one, other))  # "ds:..." sorts before "lease:..."
+    return ds.startswith("ds:") and lease.startswith(f"lease:{ds[3:]}.")
 
 
 def _detail(response: httpx.Response) -> str:
