@@ -95,6 +95,7 @@ def router_for(api: KindApi) -> APIRouter:
             values[field] = block
         return View(**values)
 
+    @router.post("", status_code=201, response_model=View, summary=api.create_summary)
     async def create_connection(body: CreateBody, caller: Admin, response: Response) -> Any:
         credentials = body.credentials  # type: ignore[attr-defined]
         record, block = await lifecycle.create(
@@ -109,18 +110,30 @@ def router_for(api: KindApi) -> APIRouter:
         response.headers["Location"] = f"{api.prefix}/{record.id}"
         return await shown(record, block)
 
+    @router.get("", response_model=ViewList, summary="List connections")
     async def list_connections(caller: Reader) -> Any:
         found = await store.list_records(spec.kind)
         return ViewList(items=list(await asyncio.gather(*(shown(r, read=True) for r in found))))
 
+    @router.post(
+        "/oauth/authorize",
+        response_model=AuthorizationStarted,
+        summary="Start an OAuth connection: returns the Entra ID authorize URL to open in a browser",
+    )
     async def authorize(body: api.authorize_model, caller: Admin) -> AuthorizationStarted:  # type: ignore[name-defined]
         return authorization_started(await api.start_oauth(body, caller))
 
+    @router.get("/{connection_id}", response_model=View, summary="Read a connection")
     async def get_connection(connection_id: ConnectionId, caller: Reader, response: Response) -> Any:
         record = await store.get_record(spec.kind, connection_id)
         set_etag(response, record.etag)
         return await shown(record, read=True)
 
+    @router.patch(
+        "/{connection_id}",
+        response_model=View,
+        summary="Update a connection (new credentials are validated first; If-Match honoured)",
+    )
     async def update_connection(
         connection_id: ConnectionId,
         body: UpdateBody,  # type: ignore[valid-type]
@@ -139,30 +152,17 @@ def router_for(api: KindApi) -> APIRouter:
         set_etag(response, record.etag)
         return await shown(record, block)
 
+    @router.delete(
+        "/{connection_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        summary="Delete a connection and its stored credentials (what its hooks made is removed first)",
+    )
     async def delete_connection(
         connection_id: ConnectionId, caller: Admin, if_match: IfMatch = None
     ) -> Response:
         await lifecycle.delete(spec, connection_id, caller, if_match=if_match)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    router.post("", status_code=201, response_model=View, summary=api.create_summary)(create_connection)
-    router.get("", response_model=ViewList, summary="List connections")(list_connections)
-    router.post(
-        "/oauth/authorize",
-        response_model=AuthorizationStarted,
-        summary="Start an OAuth connection: returns the Entra ID authorize URL to open in a browser",
-    )(authorize)
-    router.get("/{connection_id}", response_model=View, summary="Read a connection")(get_connection)
-    router.patch(
-        "/{connection_id}",
-        response_model=View,
-        summary="Update a connection (new credentials are validated first; If-Match honoured)",
-    )(update_connection)
-    router.delete(
-        "/{connection_id}",
-        status_code=status.HTTP_204_NO_CONTENT,
-        summary="Delete a connection and its stored credentials (what its hooks made is removed first)",
-    )(delete_connection)
     if api.extra_routes is not None:
         api.extra_routes(router)
     return router
