@@ -10,13 +10,12 @@ app credentials, `/me` for OAuth). Nothing is stored unless both work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from connections import lifecycle, oauth, oauth_credentials, store
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
-from connections.kinds import CacheKey, ConnectionChanges, KindSpec, Material, cached_access
+from connections.kinds import CacheKey, ConnectionChanges, KindSpec, Material, cached_access, secret_material
 from connections.models import (
     AuthorizeClientSecretsBody,
     ConnectionView,
@@ -78,10 +77,9 @@ def to_connection(record: ConnectionRecord) -> ClientSecretConnection:
 
 
 def _material(method: str, credentials: Any) -> Material:
-    if isinstance(credentials, ClientSecretCredentials):
-        secret = credentials.client_secret.get_secret_value()
-        return {"clientSecret": secret}, {}, [secret]
-    assert isinstance(credentials, CertificateCredentials)
+    """A certificate is stored as one PEM bundle (key, then certificate), its public facts as metadata."""
+    if not isinstance(credentials, CertificateCredentials):
+        return secret_material(method, credentials)
     key = credentials.private_key.get_secret_value()
     checked = check_certificate(credentials.certificate, key)
     meta = {
@@ -111,17 +109,12 @@ async def close_graph(client: GraphServiceClient, credential: AsyncTokenCredenti
 
 
 async def validate_app_credentials(
-    tenant_id: str,
-    client_id: str,
-    method: str,
-    secrets: dict[str, str],
-    redact: list[str],
-    *,
-    check_app: Callable[[Any], None] | None = None,
-) -> None:
+    tenant_id: str, client_id: str, method: str, secrets: dict[str, str], redact: list[str]
+) -> Any:
     """Prove app credentials work: acquire a Graph token, then read the app itself from Graph.
 
-    `check_app` (a hook's, e.g. the rotation's "the new secret's Key ID is on the app") sees the app read.
+    Returns the app as Graph read it (a hook's `check_app`, e.g. the rotation's "the new secret's Key ID
+    is on the app", looks at it).
     """
     try:
         credential = _credential(tenant_id, client_id, method, secrets)
@@ -150,20 +143,12 @@ async def validate_app_credentials(
             await credential.close()
         else:
             await close_graph(client, credential)
-    if check_app is not None and app is not None:
-        check_app(app)
+    return app
 
 
-async def _validate(
-    record: ConnectionRecord,
-    secrets: dict[str, str],
-    redact: list[str],
-    *,
-    check_app: Callable[[Any], None] | None = None,
-) -> None:
-    await validate_app_credentials(
-        record.tenant_id or "", record.client_id or "", record.method, secrets, redact, check_app=check_app
-    )
+async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> Any:
+    tenant_id, client_id = record.tenant_id or "", record.client_id or ""
+    return await validate_app_credentials(tenant_id, client_id, record.method, secrets, redact)
 
 
 async def _current_credentials(record: ConnectionRecord) -> dict[str, Any]:

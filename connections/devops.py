@@ -6,7 +6,6 @@ Validated on create (and on credential change) by listing the organization's pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -22,7 +21,7 @@ from connections.devops_rest import (
     projects,
 )
 from connections.fields import DevOpsAccessTokenCredentials, DevOpsClientSecretCredentials
-from connections.kinds import CacheKey, ConnectionChanges, KindSpec, Material, cached_access
+from connections.kinds import CacheKey, ConnectionChanges, KindSpec, cached_access
 from connections.models import (
     AuthorizeDevOpsBody,
     ConnectionView,
@@ -64,22 +63,7 @@ def to_connection(record: ConnectionRecord) -> DevOpsConnection:
 # ---------------------------------------------------------------------------------------------- credentials
 
 
-def _material(method: str, credentials: Any) -> Material:
-    if isinstance(credentials, DevOpsAccessTokenCredentials):
-        token = credentials.access_token.get_secret_value()
-        return {"accessToken": token}, {}, [token]
-    assert isinstance(credentials, DevOpsClientSecretCredentials)
-    secret = credentials.client_secret.get_secret_value()
-    return {"clientSecret": secret}, {}, [secret]
-
-
-async def _validate(
-    record: ConnectionRecord,
-    secrets: dict[str, str],
-    redact: list[str],
-    *,
-    check_app: Callable[[Any], None] | None = None,
-) -> None:
+async def _validate(record: ConnectionRecord, secrets: dict[str, str], redact: list[str]) -> None:
     org = record.org_name or ""
     if record.method == "access-token":
         await projects(org, basic(secrets["accessToken"]), record.method, top=1, continuation=None)
@@ -170,7 +154,6 @@ SPEC = KindSpec(
         "access-token": DevOpsAccessTokenCredentials,
         "client-secret": DevOpsClientSecretCredentials,
     },
-    material=_material,
     validate=_validate,
     current_credentials=_current_credentials,
     cache_key=_cache_key,

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from connections.store import ConnectionRecord
 from core import azure_credentials
@@ -25,18 +25,29 @@ Material = tuple[dict[str, str], dict[str, str], list[str]]
 CacheKey = tuple[str, Callable[[], "AsyncTokenCredential"]]
 
 
+def secret_material(method: str, credentials: BaseModel) -> Material:
+    """The usual material: each secret field (SecretStr) stored under its camelCase name, and redacted."""
+    secrets = {
+        name: value.get_secret_value()
+        for name, value in credentials.model_dump(by_alias=True).items()
+        if isinstance(value, SecretStr)
+    }
+    return secrets, {}, list(secrets.values())
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """What differs between connection kinds."""
 
     kind: str
     credential_models: Mapping[str, type[BaseModel]]  # method -> credentials model (methods set by PATCH)
-    material: Callable[[str, Any], Material]  # (method, credentials) -> material
-    # (record, secret values, redact, require_key_id=...) -> None; raises the problem naming the field
-    validate: Callable[..., Awaitable[None]]
+    # (record, secret values, redact) -> what the check read, for a hook's check_app (None: nothing);
+    # raises the problem naming the field
+    validate: Callable[[ConnectionRecord, dict[str, str], list[str]], Awaitable[Any]]
     current_credentials: Callable[[ConnectionRecord], Awaitable[dict[str, Any]]]  # for PATCH merges
     # the cache key of a record's token credential; None for a method without one (a DevOps PAT)
     cache_key: Callable[[ConnectionRecord], Awaitable[CacheKey | None]]
+    material: Callable[[str, Any], Material] = secret_material  # (method, credentials) -> material
     paired_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # method -> change together
 
     @property

@@ -80,7 +80,9 @@ async def validated(
 ) -> None:
     """Prove the credentials against Azure; a refusal is audited (connection.validate) and raised."""
     try:
-        await spec.validate(record, material[0], material[2], check_app=check_app)
+        read = await spec.validate(record, material[0], material[2])
+        if check_app is not None and read is not None:
+            check_app(read)
     except Problem as problem:
         await _audit_failure(spec, caller, "connection.validate", subject, problem)
         raise
