@@ -23,7 +23,7 @@ from connections.fields import (
     OrgName,
     TenantId,
 )
-from connections.store import ConnectionRecord
+from connections.store import ConnectionFields, ConnectionRecord
 from core.models import ApiModel, RequestModel
 
 PATCH_CREDENTIALS = (
@@ -40,18 +40,10 @@ class CreateConnection(RequestModel):
     description: Description = None
 
 
-class ConnectionView(ApiModel):
+class ConnectionView(ApiModel, ConnectionFields):
     """What every kind shows of a connection (never secret material); a kind adds its own fields."""
 
-    id: str
-    name: str
-    description: str | None = None
-    method: str
-    status: str = "active"
     authorized_user: str | None = None  # OAuth: who consented
-    created_at: str
-    updated_at: str
-    created_by: str = ""
 
     @classmethod
     def of(cls, record: ConnectionRecord, **kind_fields: Any) -> Self:
