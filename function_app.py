@@ -71,24 +71,18 @@ JOBS = (ROTATION, LEASE_EXPIRY, RECONCILE, INVENTORY)
 app = func.AsgiFunctionApp(app=http, http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
-@app.timer_trigger(schedule="%ROTATION_SCHEDULE%", arg_name="timer", use_monitor=True)
-async def rotation_timer(timer: func.TimerRequest) -> None:
-    await run_job(ROTATION, past_due=timer.past_due)
+def _timer(job: Job) -> None:
+    """Register the Functions timer `<job>_timer`, on the schedule its app setting holds (%SETTING%)."""
+
+    async def run(timer: func.TimerRequest) -> None:
+        await run_job(job, past_due=timer.past_due)
+
+    on_schedule = app.timer_trigger(schedule=f"%{job.schedule_setting}%", arg_name="timer", use_monitor=True)
+    app.function_name(f"{job.name}_timer")(on_schedule(run))
 
 
-@app.timer_trigger(schedule="%EXPIRY_SWEEP_SCHEDULE%", arg_name="timer", use_monitor=True)
-async def lease_expiry_timer(timer: func.TimerRequest) -> None:
-    await run_job(LEASE_EXPIRY, past_due=timer.past_due)
-
-
-@app.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", use_monitor=True)
-async def reconcile_timer(timer: func.TimerRequest) -> None:
-    await run_job(RECONCILE, past_due=timer.past_due)
-
-
-@app.timer_trigger(schedule="%INVENTORY_SCHEDULE%", arg_name="timer", use_monitor=True)
-async def inventory_timer(timer: func.TimerRequest) -> None:
-    await run_job(INVENTORY, past_due=timer.past_due)
+for _job in JOBS:
+    _timer(_job)
 
 
 def __getattr__(name: str) -> Any:

@@ -204,13 +204,13 @@ async def _one_rotation(fake: Any) -> list[Table]:
 
 async def _forget(connection_id: str) -> None:
     """Remove the rotation (and the broker-made secret), and close the connection's cached client."""
-    from connections import store
-    from connections.client_secrets import KIND, invalidate_client
+    from connections import kinds, store
+    from connections.client_secrets import KIND, SPEC
     from rotation.cleanup import forget
 
     record = await store.get_record(KIND, connection_id)
     await forget(connection_id, record.client_id or "")
-    await invalidate_client(record)
+    await kinds.invalidate(SPEC, record)
 
 
 async def _seed(count: int, far_from: Any) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from connections import client_secrets, devops, lifecycle, store
+from connections import client_secrets, devops, kinds, lifecycle, store
 from core.azure_credentials import AppAccess
 from core.connection_seam import ConnectionFacts, provide_access
 
@@ -25,7 +25,7 @@ class _Access:
         ]
 
     async def app_access(self, kind: str, connection_id: str) -> AppAccess:
-        return await client_secrets.app_access(await store.get_record(kind, connection_id))
+        return await kinds.cached_access(_SPECS[kind], await store.get_record(kind, connection_id))
 
     async def switch_client_secret(
         self, kind: str, connection_id: str, secret: str, *, from_rev: str, key_id: str

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from connections import oauth, store
+from connections import kinds, oauth, store
 from connections.kinds import ConnectionChanges, KindSpec, Material, check_etag, merged_credentials
 from connections.store import ConnectionRecord
 from core import audit, azure_gateway, clock, records, tables
@@ -80,7 +80,9 @@ async def validated(
 ) -> None:
     """Prove the credentials against Azure; a refusal is audited (connection.validate) and raised."""
     try:
-        await spec.validate(record, material[0], material[2], check_app=check_app)
+        read = await spec.validate(record, material[0], material[2])
+        if check_app is not None and read is not None:
+            check_app(read)
     except Problem as problem:
         await _audit_failure(spec, caller, "connection.validate", subject, problem)
         raise
@@ -282,7 +284,7 @@ async def _update_row(
     if renamed:
         await store.release_name(spec.kind, record.name, record.id)
     if material is not None:
-        await spec.invalidate(record)
+        await kinds.invalidate(spec, record)
         await store.delete_secrets(record.secret_refs)
     changed = [
         label
@@ -337,7 +339,7 @@ async def switch_secret(
         except BaseException:
             await store.delete_secrets(refs)
             raise
-        await spec.invalidate(record)
+        await kinds.invalidate(spec, record)
         await store.delete_secrets(record.secret_refs)
         return rev
     raise Unavailable(f"connection {connection_id} kept changing while its secret was stored; try again")
@@ -395,7 +397,7 @@ async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, re
 async def _remove(spec: KindSpec, record: ConnectionRecord) -> None:
     """Delete the row (with its ETag, if it carries one), then its secrets, name and cached clients."""
     await records.delete(record, conditional=record.etag is not None)
-    await spec.invalidate(record)
+    await kinds.invalidate(spec, record)
     await store.delete_secrets(record.secret_refs)
     await store.release_name(spec.kind, record.name, record.id)
 

@@ -8,7 +8,7 @@ bodies and to the views when connections.routes builds the routes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field
 
@@ -23,6 +23,7 @@ from connections.fields import (
     OrgName,
     TenantId,
 )
+from connections.store import ConnectionFields, ConnectionRecord
 from core.models import ApiModel, RequestModel
 
 PATCH_CREDENTIALS = (
@@ -31,23 +32,40 @@ PATCH_CREDENTIALS = (
     "tenantId, clientId, certificate + privateKey together; access-token: accessToken, orgName)."
 )
 
-# ------------------------------------------------------------------------------------- client secrets
 
-
-class CreateClientSecretConnection(RequestModel):
-    """A connection that signs in with the app's client secret."""
+class CreateConnection(RequestModel):
+    """What every create body holds; each method's body adds its `method` and `credentials`."""
 
     name: Name
     description: Description = None
+
+
+class ConnectionView(ApiModel, ConnectionFields):
+    """What every kind shows of a connection (never secret material); a kind adds its own fields."""
+
+    authorized_user: str | None = None  # OAuth: who consented
+
+    @classmethod
+    def of(cls, record: ConnectionRecord, **kind_fields: Any) -> Self:
+        """The view of a stored connection: the fields it shares with the row, then the kind's own."""
+        shared = record.model_dump(include=set(cls.model_fields))
+        user = record.meta.get("user") if record.method == "oauth" else None
+        return cls(**shared | {"authorized_user": user} | kind_fields)
+
+
+# ------------------------------------------------------------------------------------- client secrets
+
+
+class CreateClientSecretConnection(CreateConnection):
+    """A connection that signs in with the app's client secret."""
+
     method: Literal["client-secret"]
     credentials: ClientSecretCredentials
 
 
-class CreateCertificateConnection(RequestModel):
+class CreateCertificateConnection(CreateConnection):
     """A connection that signs in with a certificate (the private key signs the client assertion)."""
 
-    name: Name
-    description: Description = None
     method: Literal["certificate"]
     credentials: CertificateCredentials
     rotation: NoRotation = None
@@ -80,20 +98,16 @@ class AuthorizationStarted(ApiModel):
 # ---------------------------------------------------------------------------------------------- DevOps
 
 
-class CreateDevOpsAccessTokenConnection(RequestModel):
+class CreateDevOpsAccessTokenConnection(CreateConnection):
     """A connection that calls the organization with a personal access token."""
 
-    name: Name
-    description: Description = None
     method: Literal["access-token"]
     credentials: DevOpsAccessTokenCredentials
 
 
-class CreateDevOpsClientSecretConnection(RequestModel):
+class CreateDevOpsClientSecretConnection(CreateConnection):
     """A connection that calls the organization as an Entra app (a member of the organization)."""
 
-    name: Name
-    description: Description = None
     method: Literal["client-secret"]
     credentials: DevOpsClientSecretCredentials
 

@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from connections import oauth_state
+from pydantic import BaseModel
+
+from connections import oauth_state, store
 from connections.fields import GUID
 from connections.oauth_state import STATE_TTL as STATE_TTL
 from connections.oauth_state import PendingAuthorization as PendingAuthorization
+from connections.store import ConnectionRecord
 from core import audit, azure_gateway
-from core.auth import Caller
+from core.auth import Caller, unverified_claims
 from core.azure_failure import AzureFailure
 from core.azure_problems import aadsts_code
 from core.errors import BadRequest, FieldError, Problem, Unprocessable
@@ -65,22 +68,12 @@ class TokenSet:
 
 
 @dataclass(frozen=True)
-class Completed:
-    """A finished authorization: the kind and the connection it created."""
-
-    kind: str
-    connection: Any
-
-
-@dataclass(frozen=True)
 class OAuthKind:
     """How one connection kind uses the shared OAuth machinery."""
 
     kind: str
-    client_id_setting: str  # the app setting names (errors name them)
-    client_secret_setting: str
     scope: Callable[[], str]  # the resource's .default scope
-    complete: Callable[[PendingAuthorization, TokenSet], Awaitable[Any]]
+    complete: Callable[[PendingAuthorization, TokenSet], Awaitable[ConnectionRecord]]  # validate, create
 
 
 _KINDS: dict[str, OAuthKind] = {}
@@ -96,13 +89,15 @@ def kind_of(name: str) -> OAuthKind:
 
 
 def operator_app(kind: OAuthKind) -> OperatorApp:
-    """The kind's operator app from its settings, or a 4xx naming the missing variable."""
+    """The kind's operator app from its settings (INF_APP_CONNECTION_<KIND>_CLIENT_ID and _CLIENT_SECRET),
+    or a 4xx naming the missing variable."""
     settings = get_settings()
-    client_id = getattr(settings, kind.client_id_setting.lower())
-    secret = getattr(settings, kind.client_secret_setting.lower())
+    setting = f"INF_APP_CONNECTION_{kind.kind.upper().replace('-', '_')}"
+    id_setting, secret_setting = f"{setting}_CLIENT_ID", f"{setting}_CLIENT_SECRET"
+    client_id, secret = getattr(settings, id_setting.lower()), getattr(settings, secret_setting.lower())
     missing = [
         name
-        for name, value in ((kind.client_id_setting, client_id), (kind.client_secret_setting, secret))
+        for name, value in ((id_setting, client_id), (secret_setting, secret))
         if not value or (hasattr(value, "get_secret_value") and not value.get_secret_value())
     ]
     if missing:
@@ -138,6 +133,15 @@ def _full_scope(kind: OAuthKind) -> str:
     return f"{kind.scope()} offline_access openid profile"
 
 
+async def start_connection(kind_name: str, body: BaseModel, caller: Caller) -> str:
+    """Start the sign-in that creates a connection: its name is checked now (and claimed at the
+    callback); the body's other fields wait with the pending request (`params`) until then."""
+    params = body.model_dump(by_alias=True)
+    tenant = str(params.pop("tenantId"))
+    await store.ensure_name_free(kind_name, params["name"])
+    return await start_authorization(kind_name, tenant, params, caller)
+
+
 async def start_authorization(kind_name: str, tenant: str, params: dict[str, Any], caller: Caller) -> str:
     """Record a pending request and return the authorize URL the user opens in a browser."""
     kind = _KINDS[kind_name]
@@ -162,7 +166,7 @@ async def start_authorization(kind_name: str, tenant: str, params: dict[str, Any
 
 async def complete_authorization(
     state: str, code: str | None, error: str | None, error_description: str | None
-) -> Completed:
+) -> ConnectionRecord:
     """The callback's work: claim the state, exchange the code, let the kind create its connection."""
     row, pending = await oauth_state.claim(state)
     kind = _KINDS[pending.kind]
@@ -186,7 +190,7 @@ async def complete_authorization(
         tokens = await exchange_code(
             kind, str(pending.params["tenantId"]), code, verifier, pending.redirect_uri
         )
-        connection = await kind.complete(pending, tokens)
+        created = await kind.complete(pending, tokens)
     except Problem as problem:
         step = " ".join(str(problem.extra.get(k, "")) for k in ("step", "azureCode")).strip()
         await audit.record(
@@ -200,7 +204,7 @@ async def complete_authorization(
         raise
     finally:
         await oauth_state.drop_verifier(row)
-    return Completed(pending.kind, connection)
+    return created
 
 
 def _callback_error(error: str, description: str | None) -> Problem:
@@ -224,24 +228,22 @@ def _callback_error(error: str, description: str | None) -> Problem:
     )
 
 
-def _claims(token: str) -> dict[str, Any]:
-    """The payload of a JWT we just received over TLS from the token endpoint (not a trust decision)."""
-    import jwt
-
-    try:
-        payload = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
 async def _token_request(
-    tenant: str, form: dict[str, str], *, step: str, redact: list[str], field_prefix: str, default_field: str
+    kind: OAuthKind, tenant: str, grant: dict[str, str], *, step: str, secrets: list[str], default_field: str
 ) -> TokenSet:
+    """Redeem `grant` with the kind's operator app; `secrets` (and the app's) are kept out of errors."""
     import httpx
 
     from core.azure_clients import http_client
 
+    app = operator_app(kind)
+    form = {
+        "client_id": app.client_id,
+        "client_secret": app.client_secret,
+        **grant,
+        "scope": _full_scope(kind),
+    }
+    redact = [app.client_secret, *secrets]
     client = await http_client()
     url = f"{_authority(tenant)}/token"
 
@@ -264,7 +266,7 @@ async def _token_request(
         )
     except AzureFailure as failure:
         raise failure.validation_problem(
-            field_prefix=field_prefix, redact=redact, default_field=default_field
+            field_prefix="", redact=redact, default_field=default_field
         ) from None
     access = str(body["access_token"])
     return TokenSet(
@@ -272,47 +274,28 @@ async def _token_request(
         refresh_token=str(body["refresh_token"]) if body.get("refresh_token") else None,
         expires_on=int(time.time()) + int(body.get("expires_in", 3599)),
         scope=str(body.get("scope", "")),
-        claims=_claims(access),
+        claims=unverified_claims(access),
     )
 
 
 async def exchange_code(kind: OAuthKind, tenant: str, code: str, verifier: str, redirect: str) -> TokenSet:
     """Redeem the authorization code (with the PKCE verifier) at the operator app."""
-    app = operator_app(kind)
+    grant = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect,
+        "code_verifier": verifier,
+    }
     return await _token_request(
-        tenant,
-        {
-            "client_id": app.client_id,
-            "client_secret": app.client_secret,
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect,
-            "code_verifier": verifier,
-            "scope": _full_scope(kind),
-        },
-        step="code-exchange",
-        redact=[app.client_secret, code, verifier],
-        field_prefix="",
-        default_field="code",
+        kind, tenant, grant, step="code-exchange", secrets=[code, verifier], default_field="code"
     )
 
 
 async def refresh_tokens(kind: OAuthKind, tenant: str, refresh_token: str) -> TokenSet:
     """Redeem a refresh token for a new access token (and, usually, a new refresh token)."""
-    app = operator_app(kind)
+    grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     return await _token_request(
-        tenant,
-        {
-            "client_id": app.client_id,
-            "client_secret": app.client_secret,
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-            "scope": _full_scope(kind),
-        },
-        step="token-refresh",
-        redact=[app.client_secret, refresh_token],
-        field_prefix="",
-        default_field="refreshToken",
+        kind, tenant, grant, step="token-refresh", secrets=[refresh_token], default_field="refreshToken"
     )
 
 

@@ -10,7 +10,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Self
 
-from connections.oauth import REFRESH_MARGIN_SECONDS, OAuthKind, refresh_tokens
+from connections.kinds import CacheKey
+from connections.oauth import REFRESH_MARGIN_SECONDS, OAuthKind, kind_of, refresh_tokens
+from connections.store import ConnectionRecord
 from core.secret_store import secret_store
 
 if TYPE_CHECKING:
@@ -69,3 +71,9 @@ class RefreshTokenCredential(_SessionlessCredential):
                     await store.set(self._ref, tokens.refresh_token)
                 self._token = (tokens.access_token, tokens.expires_on)
             return AccessToken(*self._token)
+
+
+def refresh_token_key(record: ConnectionRecord) -> CacheKey:
+    """An OAuth connection's cache key: the name of its stored refresh token, which redeems it."""
+    ref = record.secret_refs["refreshToken"]
+    return ref, lambda: RefreshTokenCredential(kind_of(record.kind), record.tenant_id or "", ref)

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from connections import oauth, store
 from connections.oauth import CALLBACK_PATH
 from connections.routes import view_of
-from connections.store import KIND_LABEL
+from connections.store import KIND_LABEL, ConnectionRecord
 from core.errors import Problem, render
 
 router = APIRouter(tags=["oauth"])
@@ -43,10 +43,10 @@ def _page(status: int, title: str, lines: list[str]) -> HTMLResponse:
     )
 
 
-async def _connection_body(completed: oauth.Completed) -> dict[str, Any]:
+async def _connection_body(created: ConnectionRecord) -> dict[str, Any]:
     """The created connection as its kind's routes show it (with the hooks' block, if any)."""
-    record = await store.get_record(completed.kind, str(getattr(completed.connection, "id", "")))
-    return await view_of(completed.kind, record)
+    record = await store.get_record(created.kind, created.id)
+    return await view_of(created.kind, record)
 
 
 @router.get(
@@ -62,14 +62,14 @@ async def oauth_callback(
     error_description: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> Response:
     try:
-        completed = await oauth.complete_authorization(state, code, error, error_description)
+        created = await oauth.complete_authorization(state, code, error, error_description)
     except Problem as problem:
         if _wants_html(request):
             return _page(problem.status, "The connection was not created", [problem.detail])
         return render(problem)
-    body = await _connection_body(completed)
+    body = await _connection_body(created)
     if _wants_html(request):
-        title = KIND_LABEL.get(completed.kind, completed.kind)
+        title = KIND_LABEL.get(created.kind, created.kind)
         return _page(
             200,
             "Connection created",

@@ -8,14 +8,14 @@ A third kind is one new module with a `KindApi` and one line in `ROUTED`.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field, create_model
 
-from connections import lifecycle, store
+from connections import lifecycle, oauth, store
 from connections.kinds import KindSpec
 from connections.models import AuthorizationStarted, UpdateConnectionBody
 from connections.routing import (
@@ -27,7 +27,6 @@ from connections.routing import (
     set_etag,
 )
 from connections.store import ConnectionRecord
-from core.auth import Caller
 from core.connection_seam import KindHooks, hooks_for
 from core.deps import Admin, Reader
 from core.models import ApiModel
@@ -40,16 +39,12 @@ class KindApi:
     """What a connection kind's routes need to know about it."""
 
     spec: KindSpec
-    prefix: str
-    methods: tuple[str, ...]
-    create_models: tuple[type[BaseModel], ...]  # one per method, each with a Literal `method`
-    update_model: type[UpdateConnectionBody]
-    authorize_model: type[BaseModel]
+    create_models: tuple[type[BaseModel], ...]  # one per method of spec.methods, each with a Literal `method`
+    authorize_model: type[BaseModel]  # `name`, `tenantId` and what the OAuth completion needs besides
     view_model: type[ApiModel]
     to_view: Callable[[ConnectionRecord], ApiModel]
-    method_of: Callable[[Any], str]
-    start_oauth: Callable[[Any, Caller], Awaitable[str]]
     create_summary: str
+    update_model: type[UpdateConnectionBody] = UpdateConnectionBody
     extra_routes: Callable[[APIRouter], None] | None = None
 
 
@@ -80,12 +75,12 @@ def router_for(api: KindApi) -> APIRouter:
     spec = api.spec
     hooks = hooks_for(spec.kind)
     field = hooks.field if hooks is not None else ""
-    creates = tuple(_extended(m, hooks, api.methods) for m in api.create_models)
+    creates = tuple(_extended(m, hooks, spec.methods) for m in api.create_models)
     CreateBody = Annotated[Union[creates], Field(discriminator="method")]  # type: ignore[valid-type]  # noqa: UP007
     UpdateBody = _extended(api.update_model, hooks)
     View = _viewed(api, hooks)
     ViewList = create_model(f"{api.view_model.__name__}List", __base__=ApiModel, items=(list[View], ...))  # type: ignore[valid-type]
-    router = connection_router(api.prefix, spec.kind, api.methods)
+    router = connection_router(spec.prefix, spec.kind, spec.methods)
 
     async def shown(record: ConnectionRecord, block: BaseModel | None = None, *, read: bool = False) -> Any:
         if read:
@@ -95,32 +90,45 @@ def router_for(api: KindApi) -> APIRouter:
             values[field] = block
         return View(**values)
 
+    @router.post("", status_code=201, response_model=View, summary=api.create_summary)
     async def create_connection(body: CreateBody, caller: Admin, response: Response) -> Any:
         credentials = body.credentials  # type: ignore[attr-defined]
         record, block = await lifecycle.create(
             spec,
             body.name,  # type: ignore[attr-defined]
             body.description,  # type: ignore[attr-defined]
-            api.method_of(credentials),
+            spec.method_of(credentials),
             credentials,
             caller,
             getattr(body, field, None) if field else None,
         )
-        response.headers["Location"] = f"{api.prefix}/{record.id}"
+        response.headers["Location"] = f"{spec.prefix}/{record.id}"
         return await shown(record, block)
 
+    @router.get("", response_model=ViewList, summary="List connections")
     async def list_connections(caller: Reader) -> Any:
         found = await store.list_records(spec.kind)
         return ViewList(items=list(await asyncio.gather(*(shown(r, read=True) for r in found))))
 
+    @router.post(
+        "/oauth/authorize",
+        response_model=AuthorizationStarted,
+        summary="Start an OAuth connection: returns the Entra ID authorize URL to open in a browser",
+    )
     async def authorize(body: api.authorize_model, caller: Admin) -> AuthorizationStarted:  # type: ignore[name-defined]
-        return authorization_started(await api.start_oauth(body, caller))
+        return authorization_started(await oauth.start_connection(spec.kind, body, caller))
 
+    @router.get("/{connection_id}", response_model=View, summary="Read a connection")
     async def get_connection(connection_id: ConnectionId, caller: Reader, response: Response) -> Any:
         record = await store.get_record(spec.kind, connection_id)
         set_etag(response, record.etag)
         return await shown(record, read=True)
 
+    @router.patch(
+        "/{connection_id}",
+        response_model=View,
+        summary="Update a connection (new credentials are validated first; If-Match honoured)",
+    )
     async def update_connection(
         connection_id: ConnectionId,
         body: UpdateBody,  # type: ignore[valid-type]
@@ -139,30 +147,17 @@ def router_for(api: KindApi) -> APIRouter:
         set_etag(response, record.etag)
         return await shown(record, block)
 
+    @router.delete(
+        "/{connection_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        summary="Delete a connection and its stored credentials (what its hooks made is removed first)",
+    )
     async def delete_connection(
         connection_id: ConnectionId, caller: Admin, if_match: IfMatch = None
     ) -> Response:
         await lifecycle.delete(spec, connection_id, caller, if_match=if_match)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    router.post("", status_code=201, response_model=View, summary=api.create_summary)(create_connection)
-    router.get("", response_model=ViewList, summary="List connections")(list_connections)
-    router.post(
-        "/oauth/authorize",
-        response_model=AuthorizationStarted,
-        summary="Start an OAuth connection: returns the Entra ID authorize URL to open in a browser",
-    )(authorize)
-    router.get("/{connection_id}", response_model=View, summary="Read a connection")(get_connection)
-    router.patch(
-        "/{connection_id}",
-        response_model=View,
-        summary="Update a connection (new credentials are validated first; If-Match honoured)",
-    )(update_connection)
-    router.delete(
-        "/{connection_id}",
-        status_code=status.HTTP_204_NO_CONTENT,
-        summary="Delete a connection and its stored credentials (what its hooks made is removed first)",
-    )(delete_connection)
     if api.extra_routes is not None:
         api.extra_routes(router)
     return router

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from core import clock, records, tables
 from core.errors import Conflict, FieldError, NotFound, Problem, Unavailable
@@ -38,18 +38,26 @@ KIND_PREFIX = {"azure-client-secrets": "azcs", "azure-devops": "azdo"}
 KIND_LABEL = {"azure-client-secrets": "Azure Client Secrets", "azure-devops": "Azure DevOps"}
 
 
-class ConnectionRecord(records.Record, table="AppConnections", pk="kind", rk="id"):
+class ConnectionFields(BaseModel):
+    """What a connection row and every kind's view of it share (connections.models.ConnectionView)."""
+
+    id: str
+    name: str
+    description: str | None = None
+    method: str
+    status: str = "active"
+    created_at: str
+    updated_at: str
+    created_by: str = ""
+
+
+class ConnectionRecord(records.Record, ConnectionFields, table="AppConnections", pk="kind", rk="id"):
     """One connection row: plain metadata plus the names (never the values) of its secrets."""
 
     kind: str
-    id: str
-    name: str = ""
-    method: str = ""
-    description: str | None = None
     tenant_id: str | None = None
     client_id: str | None = None
     org_name: str | None = None
-    status: str = "active"
     credential_rev: str = ""
     # The Key ID (Secret ID) on the app of the client secret at `credential_rev`, when known: a
     # PATCH's rotation.clientSecretKeyId or a rotation's new secret. A rotation whose own record
@@ -57,9 +65,6 @@ class ConnectionRecord(records.Record, table="AppConnections", pk="kind", rk="id
     secret_key_id: str = ""
     secret_refs: dict[str, str] = Field(default_factory=dict)
     meta: dict[str, str] = Field(default_factory=dict)
-    created_at: str = ""
-    updated_at: str = ""
-    created_by: str = ""
 
 
 class NameClaim(records.Record, table="AppConnectionNames", pk="kind", rk="name"):

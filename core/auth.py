@@ -126,6 +126,17 @@ async def _signing_key(kid: str) -> Any:
     return _cache.keys[kid]
 
 
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a token the broker itself just received from Entra over TLS ({} if it is not a
+    JWT): read for facts such as `tid` or `roles`, never to trust a caller (see `_entra_caller`)."""
+    import jwt
+
+    try:
+        return jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+
+
 def _access_token_only(claims: dict[str, Any]) -> None:
     """Refuse ID tokens: Entra access tokens name the client (`azp`, v1 `appid`) and carry
     delegated scopes (`scp`) or app roles (`roles`); an ID token carries neither client claim."""

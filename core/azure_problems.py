@@ -40,10 +40,8 @@ DEVOPS_SCOPES = (
 _AADSTS = re.compile(r"AADSTS(\d+)")
 
 
-class AzureRejected(Unprocessable):
+class AzureRejected(Unprocessable, code="azure-validation-failed"):
     """Azure refused the connection's credentials or permissions (the caller can fix it)."""
-
-    code = "azure-validation-failed"
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,15 @@ class FieldError:
 
 
 class Problem(Exception):
-    """A problem the caller can act on; subclasses fix the status, title and type code."""
+    """A problem the caller can act on; subclasses fix the status, title and type code in the class line."""
 
     status = 400
     title = "Bad request"
     code = "bad-request"
+
+    def __init_subclass__(cls, status: int = 0, title: str = "", code: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.title, cls.code = status or cls.status, title or cls.title, code or cls.code
 
     def __init__(
         self,
@@ -60,47 +64,47 @@ class Problem(Exception):
 
 
 class BadRequest(Problem):
-    pass
+    """The request cannot be done as sent (a bad value that no field-level check catches)."""
 
 
-class Unauthorized(Problem):
-    status, title, code = 401, "Unauthorized", "unauthorized"
+class Unauthorized(Problem, status=401, title="Unauthorized", code="unauthorized"):
+    """No valid caller: the token is missing, expired or not for this API."""
 
 
-class Forbidden(Problem):
-    status, title, code = 403, "Forbidden", "forbidden"
+class Forbidden(Problem, status=403, title="Forbidden", code="forbidden"):
+    """The caller is known, but its role does not allow this."""
 
 
-class NotFound(Problem):
-    status, title, code = 404, "Not found", "not-found"
+class NotFound(Problem, status=404, title="Not found", code="not-found"):
+    """No such record (or route)."""
 
 
-class Conflict(Problem):
-    status, title, code = 409, "Conflict", "conflict"
+class Conflict(Problem, status=409, title="Conflict", code="conflict"):
+    """The record's current state forbids this (a name taken, a lost race, work in progress)."""
 
 
-class PreconditionFailed(Problem):
-    status, title, code = 412, "Precondition failed", "precondition-failed"
+class PreconditionFailed(Problem, status=412, title="Precondition failed", code="precondition-failed"):
+    """If-Match names a version the record no longer has."""
 
 
-class PayloadTooLarge(Problem):
-    status, title, code = 413, "Payload too large", "payload-too-large"
+class PayloadTooLarge(Problem, status=413, title="Payload too large", code="payload-too-large"):
+    """The body is over the API's size limit."""
 
 
-class Unprocessable(Problem):
-    status, title, code = 422, "Unprocessable content", "validation-failed"
+class Unprocessable(Problem, status=422, title="Unprocessable content", code="validation-failed"):
+    """Fields that parse but cannot be used (Azure refused them, or they contradict each other)."""
 
 
-class UpstreamError(Problem):
-    status, title, code = 502, "Upstream error", "upstream-error"
+class UpstreamError(Problem, status=502, title="Upstream error", code="upstream-error"):
+    """Azure answered with an error that is not the caller's to fix."""
 
 
-class Unavailable(Problem):
-    status, title, code = 503, "Service unavailable", "unavailable"
+class Unavailable(Problem, status=503, title="Service unavailable", code="unavailable"):
+    """A dependency is down or throttling; Retry-After says when to try again."""
 
 
-class UpstreamTimeout(Problem):
-    status, title, code = 504, "Upstream timeout", "upstream-timeout"
+class UpstreamTimeout(Problem, status=504, title="Upstream timeout", code="upstream-timeout"):
+    """Azure did not answer in time; the outcome of the call is unknown."""
 
 
 def problem_response(

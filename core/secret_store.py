@@ -26,10 +26,8 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 
 
-class SecretMissing(NotFound):
+class SecretMissing(NotFound, code="secret-missing"):
     """The named secret does not exist (never written, or deleted)."""
-
-    code = "secret-missing"
 
 
 class SecretStore(Protocol):

@@ -27,16 +27,12 @@ if TYPE_CHECKING:
 _SYSTEM = {"PartitionKey", "RowKey", "Timestamp", "etag"}
 
 
-class ConcurrencyConflict(Conflict):
+class ConcurrencyConflict(Conflict, code="concurrency-conflict"):
     """The row changed (or vanished) since it was read; re-read and retry."""
 
-    code = "concurrency-conflict"
 
-
-class RowExists(Conflict):
+class RowExists(Conflict, code="already-exists"):
     """A row with that key already exists."""
-
-    code = "already-exists"
 
 
 @dataclass

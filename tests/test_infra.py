@@ -296,19 +296,20 @@ def test_storage_account_is_locked_down() -> None:
 
 
 def test_state_tables_follow_the_code() -> None:
-    """Every `TABLE = "..."` constant in the app has a table in Bicep's default list."""
+    """Every table the app names (a record's `table="..."` or a `TABLE = "..."` constant) has a table
+    in Bicep's default list."""
     declared = parse(INFRA / "main.bicep")["parameters"]["stateTableNames"]["default"]
     constants = set()
     for package in ("core", "connections", "rotation", "leases"):
         assert (ROOT / package).is_dir(), f"package {package}/ is missing"
         for source in (ROOT / package).rglob("*.py"):
+            text = source.read_text()
             constants |= set(
                 re.findall(
-                    r'^\s*[A-Z_]*TABLE[A-Z_]*\s*(?::\s*[\w\[\]]+)?\s*=\s*"([A-Za-z][A-Za-z0-9]*)"',
-                    source.read_text(),
-                    re.M,
+                    r'^\s*[A-Z_]*TABLE[A-Z_]*\s*(?::\s*[\w\[\]]+)?\s*=\s*"([A-Za-z][A-Za-z0-9]*)"', text, re.M
                 )
             )
+            constants |= set(re.findall(r'^class \w+\(.*\btable="([A-Za-z][A-Za-z0-9]*)"', text, re.M))
     assert {"AuditLog", "AppConnections", "Leases"} <= constants, "the TABLE constants were not found"
     missing = constants - set(declared)
     assert not missing, f"add {sorted(missing)} to stateTableNames in infra/main.bicep"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connections import client_secrets, store
+from connections import client_secrets, kinds, store
 from core import clock
 from tests.conn_support import (
     CALLBACK_PATH,
@@ -137,7 +137,7 @@ def test_full_round_trip_creates_a_delegated_connection(
     assert second_refresh != first_refresh
     assert fake_azure.state.refresh_tokens[first_refresh].revoked_reason == "rotated"
     record = broker.run(store.get_record(client_secrets.KIND, connection["id"]))
-    broker.run(client_secrets.invalidate_client(record))
+    broker.run(kinds.invalidate(client_secrets.SPEC, record))
     assert broker.run(read_me()) == user.user_principal_name  # works with the stored, rotated token
     assert fake_azure.state.secrets[ref.lower()].latest.value != second_refresh
 
