@@ -58,10 +58,8 @@ def test_two_concurrent_claims_one_wins(broker: ServerHandle) -> None:
     key = pk()
     broker.run(tables.insert(TABLE, key, "a", {"owner": ""}))
 
-    async def claim(owner: str) -> str:
-        row = await tables.get(TABLE, key, "a")
+    async def claim(row: tables.Row | None, owner: str) -> str:
         assert row is not None
-        await asyncio.sleep(0)
         try:
             await tables.replace(row, {"owner": owner})
         except ConcurrencyConflict:
@@ -69,7 +67,9 @@ def test_two_concurrent_claims_one_wins(broker: ServerHandle) -> None:
         return "won"
 
     async def both() -> list[str]:
-        return list(await asyncio.gather(claim("x"), claim("y")))
+        # Both read before either writes (a claim that read after the other's write may rightly win).
+        first, second = await asyncio.gather(tables.get(TABLE, key, "a"), tables.get(TABLE, key, "a"))
+        return list(await asyncio.gather(claim(first, "x"), claim(second, "y")))
 
     assert sorted(broker.run(both())) == ["lost", "won"]
 
