@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from connections import lifecycle, oauth, oauth_credentials, store
+from connections import lifecycle, oauth, oauth_credentials, store, switch
 from connections.certificates import check_certificate
 from connections.fields import CertificateCredentials, ClientSecretCredentials
 from connections.kinds import CacheKey, ConnectionChanges, KindSpec, Material, cached_access, secret_material
@@ -191,7 +191,7 @@ async def switch_client_secret(connection_id: str, secret: str, *, from_rev: str
             "only client-secret connections have a client secret",
             code="wrong-method",
         )
-    return await lifecycle.switch_secret(
+    return await switch.switch_secret(
         SPEC, connection_id, "clientSecret", secret, from_rev=from_rev, key_id=key_id
     )
 
