@@ -11,10 +11,9 @@ flavour is here; a secret rotation's lives in `rotation.secret_engine` and regis
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from core import clock, events
 from core.connection_seam import ConnectionFacts, RevisionMoved, access
@@ -35,18 +34,58 @@ class Superseded(RotationError):
     """The connection's credentials changed (a PATCH) after this run planned: it must not switch."""
 
 
-@dataclass(frozen=True)
-class Flavour:
-    resource: str  # the audit resource type of the rotation's entries
-    app_of: Callable[[RotationRecord], Awaitable[tuple[str, str]]]  # (tenant, client id) rotated
-    end_of: Callable[[RotationRecord, datetime, datetime | None], datetime]  # (record, now, next slot)
-    display_name: Callable[[RotationRecord, datetime], str]
-    make_current: Callable[[RotationRecord, str], Awaitable[None]]  # verified -> stored
-    retire: Callable[[RotationRecord], Awaitable[None]]  # stored -> done, before the bookkeeping
-    finish: Callable[[RotationRecord], None]  # the key bookkeeping of a success
-    succeeded: Callable[[RotationRecord, str | None, str | None], None]  # (record, trigger, key id)
-    failed: Callable[[RotationRecord, str | None, str, str, int], None]  # (trigger, step, error, n)
-    check_begin: Callable[[RotationRecord], Awaitable[None]]
+class Flavour(ABC):
+    """One kind of rotation: a subclass per kind, one instance registered for its record type."""
+
+    resource: ClassVar[str]  # the audit resource type of the rotation's entries
+    event_prefix: ClassVar[str]  # its events are `{prefix}.succeeded` and `{prefix}.failed`
+
+    @abstractmethod
+    async def app_of(self, record: RotationRecord) -> tuple[str, str]:
+        """(tenant, client id) of the app rotated."""
+
+    @abstractmethod
+    def end_of(self, record: RotationRecord, now: datetime, upcoming: datetime | None) -> datetime:
+        """When the new password ends (`upcoming`: the next planned slot)."""
+
+    @abstractmethod
+    def display_name(self, record: RotationRecord, now: datetime) -> str: ...
+
+    @abstractmethod
+    async def make_current(self, record: RotationRecord, secret: str) -> None:
+        """verified -> stored."""
+
+    @abstractmethod
+    async def retire(self, record: RotationRecord) -> None:
+        """stored -> done, before the bookkeeping."""
+
+    @abstractmethod
+    def finish(self, record: RotationRecord) -> None:
+        """The key bookkeeping of a success."""
+
+    @abstractmethod
+    async def check_begin(self, record: RotationRecord) -> None:
+        """Refuse (raise) a run that must not start now."""
+
+    @abstractmethod
+    def event_ids(self, record: RotationRecord) -> dict[str, str]:
+        """The fields that name the rotation in its events."""
+
+    def succeeded(self, record: RotationRecord, trigger: str | None, key_id: str | None) -> None:
+        fields = {"keyId": key_id, "nextRotationAt": record.next_rotation_at}
+        self._emit("succeeded", logging.INFO, record, trigger, fields)
+
+    def failed(
+        self, record: RotationRecord, trigger: str | None, step: str, error: str, failures: int
+    ) -> None:
+        fields = {"step": step, "error": error, "failures": failures, "retryAt": record.next_rotation_at}
+        self._emit("failed", logging.WARNING, record, trigger, fields)
+
+    def _emit(
+        self, outcome: str, level: int, record: RotationRecord, trigger: str | None, fields: dict[str, Any]
+    ) -> None:
+        ids = self.event_ids(record)
+        events.emit(f"{self.event_prefix}.{outcome}", level=level, **ids, trigger=trigger, **fields)
 
 
 _flavours: dict[type, Flavour] = {}
@@ -63,83 +102,63 @@ def flavour_of(record: RotationRecord) -> Flavour:
 # ---------------------------------------------------------------- a connection's own secret
 
 
-async def _connection_app(record: RotationRecord) -> tuple[str, str]:
-    connection = await facts(record.connection_id)
-    return connection.tenant_id, connection.client_id
+class ConnectionFlavour(Flavour):
+    """A connection's own client secret: the connection switches to the new one."""
 
+    resource = "azure-client-secrets-connection"  # rotation is audited as the connection's events
+    event_prefix = "rotation"
 
-def _connection_end(record: RotationRecord, now: datetime, upcoming: datetime | None) -> datetime:
-    return (upcoming or now + timedelta(days=record.interval_days or 30)) + END_DATE_GRACE
+    async def app_of(self, record: RotationRecord) -> tuple[str, str]:
+        connection = await facts(record.connection_id)
+        return connection.tenant_id, connection.client_id
 
+    def end_of(self, record: RotationRecord, now: datetime, upcoming: datetime | None) -> datetime:
+        return (upcoming or now + timedelta(days=record.interval_days or 30)) + END_DATE_GRACE
 
-def _connection_name(record: RotationRecord, now: datetime) -> str:
-    return f"{DISPLAY_PREFIX} {clock.isoformat(now)} {record.run_id}"
+    def display_name(self, record: RotationRecord, now: datetime) -> str:
+        return f"{DISPLAY_PREFIX} {clock.isoformat(now)} {record.run_id}"
 
+    async def make_current(self, record: RotationRecord, secret: str) -> None:
+        # One writer per connection: the switch is conditional on the connection's credential
+        # revision this run planned from; a PATCH that changed it meanwhile wins (RevisionMoved).
+        try:
+            record.connection_rev = await access().switch_client_secret(
+                KIND,
+                record.connection_id,
+                secret,
+                from_rev=record.connection_rev or "",
+                key_id=record.new_key_id or "",
+            )
+        except RevisionMoved:
+            raise Superseded(
+                "the connection's credentials changed during the rotation (a PATCH); the new secret is "
+                "removed and the connection keeps the one it was given"
+            ) from None
 
-async def _switch(record: RotationRecord, secret: str) -> None:
-    # One writer per connection: the switch is conditional on the connection's credential
-    # revision this run planned from; a PATCH that changed it meanwhile wins (RevisionMoved).
-    try:
-        record.connection_rev = await access().switch_client_secret(
-            KIND,
-            record.connection_id,
-            secret,
-            from_rev=record.connection_rev or "",
-            key_id=record.new_key_id or "",
-        )
-    except RevisionMoved:
-        raise Superseded(
-            "the connection's credentials changed during the rotation (a PATCH); the new secret is "
-            "removed and the connection keeps the one it was given"
-        ) from None
+    async def retire(self, record: RotationRecord) -> None:
+        if record.old_key_id and record.old_key_id != record.new_key_id:
+            await remove_password(record, record.old_key_id)
 
+    def finish(self, record: RotationRecord) -> None:
+        record.client_secret_key_id = record.new_key_id or record.client_secret_key_id
+        record.broker_owned = True
 
-async def _remove_old(record: RotationRecord) -> None:
-    if record.old_key_id and record.old_key_id != record.new_key_id:
-        await remove_password(record, record.old_key_id)
+    async def check_begin(self, record: RotationRecord) -> None:
+        from core.errors import Conflict
 
+        connection = await facts(record.connection_id)
+        if connection.deleting:  # checked before the run adds anything to the app
+            raise Conflict(
+                f"connection {connection.id} is being deleted; send the DELETE again to finish it",
+                code="connection-deleting",
+            )
+        if record.connection_rev is None:
+            record.connection_rev = connection.credential_rev  # a row written before the one-writer rule
+        elif record.connection_rev != connection.credential_rev:
+            await _adopt(record, connection)
 
-def _connection_finish(record: RotationRecord) -> None:
-    record.client_secret_key_id = record.new_key_id or record.client_secret_key_id
-    record.broker_owned = True
-
-
-def _connection_succeeded(record: RotationRecord, trigger: str | None, key_id: str | None) -> None:
-    events.emit(
-        "rotation.succeeded",
-        connectionId=record.connection_id,
-        trigger=trigger,
-        keyId=key_id,
-        nextRotationAt=record.next_rotation_at,
-    )
-
-
-def _connection_failed(record: RotationRecord, trigger: str | None, step: str, error: str, n: int) -> None:
-    events.emit(
-        "rotation.failed",
-        level=logging.WARNING,
-        connectionId=record.connection_id,
-        trigger=trigger,
-        step=step,
-        error=error,
-        failures=n,
-        retryAt=record.next_rotation_at,
-    )
-
-
-async def _connection_begin(record: RotationRecord) -> None:
-    from core.errors import Conflict
-
-    connection = await facts(record.connection_id)
-    if connection.deleting:  # checked before the run adds anything to the app
-        raise Conflict(
-            f"connection {connection.id} is being deleted; send the DELETE again to finish it",
-            code="connection-deleting",
-        )
-    if record.connection_rev is None:
-        record.connection_rev = connection.credential_rev  # a row written before the one-writer rule
-    elif record.connection_rev != connection.credential_rev:
-        await _adopt(record, connection)
+    def event_ids(self, record: RotationRecord) -> dict[str, str]:
+        return {"connectionId": record.connection_id}
 
 
 async def _adopt(record: RotationRecord, connection: ConnectionFacts) -> None:
@@ -164,15 +183,4 @@ async def _adopt(record: RotationRecord, connection: ConnectionFacts) -> None:
     log.info("rotation of %s follows the connection's new secret", record.connection_id)
 
 
-CONNECTION = Flavour(
-    resource="azure-client-secrets-connection",  # rotation is audited as the connection's events
-    app_of=_connection_app,
-    end_of=_connection_end,
-    display_name=_connection_name,
-    make_current=_switch,
-    retire=_remove_old,
-    finish=_connection_finish,
-    succeeded=_connection_succeeded,
-    failed=_connection_failed,
-    check_begin=_connection_begin,
-)
+CONNECTION = ConnectionFlavour()

@@ -76,41 +76,6 @@ def _own(record: RotationRecord) -> SecretRotationRecord:
     return record
 
 
-async def _app_of(record: RotationRecord) -> tuple[str, str]:
-    return (await facts(record.connection_id)).tenant_id, _own(record).application_id
-
-
-def _end_of(record: RotationRecord, now: datetime, upcoming: datetime | None) -> datetime:
-    return now + timedelta(days=_own(record).secret_lifetime_days)
-
-
-def _display_name(record: RotationRecord, now: datetime) -> str:
-    return f"{marker_prefix(_own(record).id)}{record.run_id}"
-
-
-async def _make_current(record: RotationRecord, secret: str) -> None:
-    """Keep the value, deliver it everywhere (read back), then make it current; repeatable."""
-    own = _own(record)
-    assert own.new_key_id
-    await secret_store().set(value_name(own.id, own.new_key_id), secret)
-    deliver = to_deliver(own, secret, own.new_key_id, own.new_end_at)
-    dests = destinations_of(own)
-    if dests:
-        own.destination_states = await deliver_all(own.id, dests, access_for, deliver, own.destination_states)
-    if own.client_secret_key_id != own.new_key_id:  # not yet switched (a resumed step did it already)
-        retiring = own.previous_key_id
-        own.previous_key_id = own.client_secret_key_id or None
-        own.client_secret_key_id = own.new_key_id
-        own.current_expires_at = own.new_end_at
-        if retiring:
-            own.set_pending_removals({*own.pending_removals(), retiring})
-
-
-async def _retire(record: RotationRecord) -> None:
-    """Remove the broker's passwords before the previous one that no destination holds any more."""
-    await retire_released(_own(record))
-
-
 async def retire_released(record: SecretRotationRecord) -> None:
     """Remove pending Key IDs (and their values) no destination holds; report the ones still held."""
     held = held_key_ids(record)
@@ -129,8 +94,7 @@ async def retire_released(record: SecretRotationRecord) -> None:
         events.emit(
             "secret_rotation.waiting_for_delivery",
             level=logging.WARNING,
-            secretRotationId=record.id,
-            appId=record.application_id,
+            **_event_ids(record),
             keyIds=waiting,
         )
 
@@ -144,51 +108,56 @@ async def current_value(record: SecretRotationRecord) -> str | None:
         return None
 
 
-def _finish(record: RotationRecord) -> None:
-    record.broker_owned = True
+class SecretRotationFlavour(flavours.Flavour):
+    """A secret rotation: the new secret is delivered to its destinations, the previous one stays."""
+
+    resource = RESOURCE
+    event_prefix = "secret_rotation"
+
+    async def app_of(self, record: RotationRecord) -> tuple[str, str]:
+        return (await facts(record.connection_id)).tenant_id, _own(record).application_id
+
+    def end_of(self, record: RotationRecord, now: datetime, upcoming: datetime | None) -> datetime:
+        return now + timedelta(days=_own(record).secret_lifetime_days)
+
+    def display_name(self, record: RotationRecord, now: datetime) -> str:
+        return f"{marker_prefix(_own(record).id)}{record.run_id}"
+
+    async def make_current(self, record: RotationRecord, secret: str) -> None:
+        """Keep the value, deliver it everywhere (read back), then make it current; repeatable."""
+        own = _own(record)
+        assert own.new_key_id
+        await secret_store().set(value_name(own.id, own.new_key_id), secret)
+        deliver = to_deliver(own, secret, own.new_key_id, own.new_end_at)
+        dests = destinations_of(own)
+        if dests:
+            own.destination_states = await deliver_all(
+                own.id, dests, access_for, deliver, own.destination_states
+            )
+        if own.client_secret_key_id != own.new_key_id:  # not yet switched (a resumed step did it)
+            retiring = own.previous_key_id
+            own.previous_key_id = own.client_secret_key_id or None
+            own.client_secret_key_id = own.new_key_id
+            own.current_expires_at = own.new_end_at
+            if retiring:
+                own.set_pending_removals({*own.pending_removals(), retiring})
+
+    async def retire(self, record: RotationRecord) -> None:
+        """Remove the broker's passwords before the previous one that no destination holds any more."""
+        await retire_released(_own(record))
+
+    def finish(self, record: RotationRecord) -> None:
+        record.broker_owned = True
+
+    async def check_begin(self, record: RotationRecord) -> None:
+        """Nothing to check beyond the row's claim: the target has no revision of its own."""
+
+    def event_ids(self, record: RotationRecord) -> dict[str, str]:
+        return _event_ids(record)
 
 
-def _succeeded(record: RotationRecord, trigger: str | None, key_id: str | None) -> None:
-    own = _own(record)
-    events.emit(
-        "secret_rotation.succeeded",
-        secretRotationId=own.id,
-        appId=own.application_id,
-        keyId=key_id,
-        trigger=trigger,
-        nextRotationAt=own.next_rotation_at,
-    )
+def _event_ids(record: RotationRecord) -> dict[str, str]:
+    return {"secretRotationId": record.subject_id, "appId": _own(record).application_id}
 
 
-def _failed(record: RotationRecord, trigger: str | None, step: str, error: str, failures: int) -> None:
-    own = _own(record)
-    events.emit(
-        "secret_rotation.failed",
-        level=logging.WARNING,
-        secretRotationId=own.id,
-        appId=own.application_id,
-        trigger=trigger,
-        step=step,
-        error=error,
-        failures=failures,
-        retryAt=own.next_rotation_at,
-    )
-
-
-async def _check_begin(record: RotationRecord) -> None:
-    """Nothing to check beyond the row's claim: the target has no revision of its own."""
-
-
-FLAVOUR = flavours.Flavour(
-    resource=RESOURCE,
-    app_of=_app_of,
-    end_of=_end_of,
-    display_name=_display_name,
-    make_current=_make_current,
-    retire=_retire,
-    finish=_finish,
-    succeeded=_succeeded,
-    failed=_failed,
-    check_begin=_check_begin,
-)
-flavours.register(SecretRotationRecord, FLAVOUR)
+flavours.register(SecretRotationRecord, SecretRotationFlavour())
