@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Self
 
-from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, SecretStr, WithJsonSchema
 
 from core import clock
 from core.durations import format_duration, parse_duration
@@ -91,14 +91,19 @@ class DynamicSecretUpdate(RequestModel):
     client_secret: Annotated[SecretStr | None, Field(min_length=1, max_length=1024)] = None
 
 
-class DynamicSecretOut(ApiModel):
-    name: str
-    id: str
-    prefix: str
+class ServedUser(BaseModel):
+    """The app and the user a dynamic secret serves: stored on it and on each of its leases, and shown."""
+
     tenant_id: str
     application_id: str
     user_id: str
     user_principal_name: str
+
+
+class DynamicSecretOut(ApiModel, ServedUser):
+    name: str
+    id: str
+    prefix: str
     default_ttl: str
     max_ttl: str
     created_at: str

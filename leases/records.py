@@ -35,7 +35,7 @@ from core import clock, records, tables
 from core.durations import parse_duration
 from core.records import Record
 from core.tables import ConcurrencyConflict
-from leases.models import LeaseStatus
+from leases.models import LeaseStatus, ServedUser
 
 SHARDS = tuple(f"s{c}" for c in "0123456789abcdef")
 ACTIVE = "active"
@@ -53,18 +53,24 @@ def _seconds_or_legacy_text(value: object) -> object:
 StoredTtl = Annotated[timedelta, BeforeValidator(_seconds_or_legacy_text)]
 
 
-class DynamicSecret(Record, table="DynamicSecrets", pk="partition", rk="name"):
+class ServedCredential(ServedUser):
+    """What a dynamic secret and each of its leases hold alike: the user, the app, and the
+    secret-store name of the app's client secret that resets the user's password."""
+
+    credential_ref: str
+
+    def served(self) -> dict[str, str]:
+        """These fields alone, to copy onto a record that serves the same user (a new lease)."""
+        return self.model_dump(include=set(ServedCredential.model_fields))
+
+
+class DynamicSecret(Record, ServedCredential, table="DynamicSecrets", pk="partition", rk="name"):
     partition: str = "ds"
     name: str
     id: str
     prefix: str
-    tenant_id: str
-    application_id: str
-    user_id: str
-    user_principal_name: str
     default_ttl: StoredTtl
     max_ttl: StoredTtl
-    credential_ref: str
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -118,15 +124,10 @@ class LeaseClaim(Record, table="Leases", pk="name", rk="slot"):
         return self.lease_id.startswith(DELETING)
 
 
-class Lease(Record, table="Leases", pk="dynamic_secret_name", rk="id"):
+class Lease(Record, ServedCredential, table="Leases", pk="dynamic_secret_name", rk="id"):
     dynamic_secret_name: str
     id: str
     dynamic_secret_id: str
-    tenant_id: str
-    application_id: str
-    credential_ref: str
-    user_id: str
-    user_principal_name: str
     status: LeaseStatus
     created_at: datetime
     expires_at: datetime
@@ -146,6 +147,10 @@ class Lease(Record, table="Leases", pk="dynamic_secret_name", rk="id"):
     def app(self) -> tuple[str, str]:
         """(tenant, app): the unit Graph throttles and the gateway paces."""
         return self.tenant_id.lower(), self.application_id.lower()
+
+    def event_ids(self) -> dict[str, str]:
+        """The fields that name a lease in its events."""
+        return {"leaseId": self.id, "dynamicSecretName": self.dynamic_secret_name}
 
 
 class IndexEntry(Record, table="LeaseIndex", pk="shard", rk="key"):

@@ -74,8 +74,8 @@ async def complete_revoke(claimed: Lease, revoked_by: str, caller: Caller, *, de
     lease = await lease_rows.finish_lease(claimed, claimed.model_copy(update=update))
     events.emit(
         "lease.revoked",
-        leaseId=lease.id,
-        dynamicSecretName=lease.dynamic_secret_name,
+        level=logging.INFO,
+        **lease.event_ids(),
         revokedBy=revoked_by,
         lateSeconds=max(0, int((now - lease.expires_at).total_seconds())),
     )
@@ -100,8 +100,7 @@ async def record_failure(claimed: Lease, failure: AzureFailure, caller: Caller) 
     events.emit(
         "lease.revoke_failed",
         level=logging.WARNING,
-        leaseId=failed.id,
-        dynamicSecretName=failed.dynamic_secret_name,
+        **failed.event_ids(),
         error=failed.last_error,
         attempts=attempts,
         nextAttemptAt=clock.isoformat(next_at),

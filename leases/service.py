@@ -137,14 +137,10 @@ async def begin_lease(name: str, ttl: timedelta | None, caller: Caller) -> Pendi
     await _claim_user(ds, lease_id)
     await _still_there(ds, lease_id)
     lease = Lease(
+        **ds.served(),
         id=lease_id,
         dynamic_secret_name=name,
         dynamic_secret_id=ds.id,
-        tenant_id=ds.tenant_id,
-        application_id=ds.application_id,
-        credential_ref=ds.credential_ref,
-        user_id=ds.user_id,
-        user_principal_name=ds.user_principal_name,
         status=LeaseStatus.PENDING,
         created_at=now,
         expires_at=now + wanted,
@@ -222,11 +218,7 @@ async def activate_lease(pending: PendingLease, caller: Caller) -> Lease:
     await records.delete(pending.intent, conditional=False)
     expires = clock.isoformat(lease.expires_at)
     events.emit(
-        "lease.created",
-        leaseId=lease.id,
-        dynamicSecretName=lease.dynamic_secret_name,
-        userId=lease.user_id,
-        expiresAt=expires,
+        "lease.created", level=logging.INFO, **lease.event_ids(), userId=lease.user_id, expiresAt=expires
     )
     await audit.record(caller, "lease.create", "lease", lease.id, detail=f"expires {expires}")
     return lease
