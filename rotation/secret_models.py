@@ -113,22 +113,9 @@ def view_of(record: SecretRotationRecord) -> SecretRotationView:
         )
         shown.append(item)
     return SecretRotationView(
-        id=record.id,
-        name=record.name,
-        connection_id=record.connection_id,
-        application_id=record.application_id,
-        interval_days=record.interval_days,
-        rotate_at=record.rotate_at,
-        time_zone=record.time_zone,
-        secret_lifetime_days=record.secret_lifetime_days,
+        **record.model_dump(include=set(SecretRotationView.model_fields) - {"status", "destinations"}),
         current_key_id=record.client_secret_key_id or None,
-        previous_key_id=record.previous_key_id,
-        current_expires_at=record.current_expires_at,
-        last_rotated_at=record.last_rotated_at,
-        next_rotation_at=record.next_rotation_at,
         status=status_of(record),
-        last_error=record.last_error,
         waiting_for_delivery_key_ids=record.pending_removals(),
         destinations=shown,
-        created_at=record.created_at,
     )
