@@ -23,12 +23,12 @@ from rotation.azure_steps import KIND, facts, remove_password
 from rotation.destinations import (
     Access,
     AzureAccess,
+    Delivery,
     Destination,
     DestinationList,
     DevOpsAccess,
     DevOpsVariableGroupDestination,
     SecretToDeliver,
-    deliver_all,
 )
 from rotation.secret_records import SecretRotationRecord, value_name
 from rotation.store import RotationRecord
@@ -131,9 +131,8 @@ class SecretRotationFlavour(flavours.Flavour):
         deliver = to_deliver(own, secret, own.new_key_id, own.new_end_at)
         dests = destinations_of(own)
         if dests:
-            own.destination_states = await deliver_all(
-                own.id, dests, access_for, deliver, own.destination_states
-            )
+            delivery = Delivery(own.id, dests, access_for, deliver)
+            own.destination_states = await delivery.deliver_all(own.destination_states)
         if own.client_secret_key_id != own.new_key_id:  # not yet switched (a resumed step did it)
             retiring = own.previous_key_id
             own.previous_key_id = own.client_secret_key_id or None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from core import audit, clock, tables
 from core.errors import Conflict
 from rotation import runs, secret_engine, store
-from rotation.destinations import deliver_all, recheck
+from rotation.destinations import Delivery
 from rotation.rotator import STUCK_AFTER, begin, in_flight, run, take_over
 from rotation.secret_records import DUE_PARTITION, SecretRotationRecord, load
 
@@ -62,9 +62,8 @@ async def sync(record: SecretRotationRecord, caller: Caller) -> SecretRotationRe
         )
     secret = secret_engine.to_deliver(record, value, record.client_secret_key_id, record.current_expires_at)
     dests = secret_engine.destinations_of(record)
-    record.destination_states = await deliver_all(
-        record.id, dests, secret_engine.access_for, secret, record.destination_states
-    )
+    delivery = Delivery(record.id, dests, secret_engine.access_for, secret)
+    record.destination_states = await delivery.deliver_all(record.destination_states)
     await secret_engine.retire_released(record)
     try:
         saved = own(await store.save(record))
@@ -107,13 +106,8 @@ async def _recheck(record: SecretRotationRecord) -> str:
     if value is None:
         return "no_value"
     secret = secret_engine.to_deliver(record, value, record.client_secret_key_id, record.current_expires_at)
-    checked = await recheck(
-        record.id,
-        secret_engine.destinations_of(record),
-        secret_engine.access_for,
-        secret,
-        record.destination_states,
-    )
+    delivery = Delivery(record.id, secret_engine.destinations_of(record), secret_engine.access_for, secret)
+    checked = await delivery.recheck(record.destination_states)
     before = record.pending_removals()
     record.destination_states = checked.states
     try:

@@ -22,15 +22,14 @@ from core.errors import Unprocessable
 from rotation.destinations import (
     AppConfigurationDestination,
     AzureAccess,
+    Delivery,
     Destination,
     DevOpsAccess,
     DevOpsVariableGroupDestination,
     KeyVaultDestination,
     SecretToDeliver,
     check_destinations,
-    deliver_all,
     destination_id,
-    recheck,
     validate_all,
 )
 
@@ -166,7 +165,7 @@ async def test_a_host_no_longer_allowed_gets_no_request(
     monkeypatch.setenv("DESTINATION_HOSTS", "*.vault.azure.net")
     get_settings.cache_clear()
     before = fake_azure.request_count("*")
-    [state] = await deliver_all("r1", [dest], _fixed(access), rotated())
+    [state] = await Delivery("r1", [dest], _fixed(access), rotated()).deliver_all()
     assert state.status == "failed"
     assert "DESTINATION_HOSTS" in (state.last_error or "")
     with pytest.raises(Unprocessable) as refused:
@@ -194,7 +193,7 @@ async def test_key_vault_delivers_reads_back_and_repairs_drift(
     dest = kv(fake_azure, vault)
     secret = rotated()
     await validate_all([dest], _fixed(access))
-    [state] = await deliver_all("r1", [dest], _fixed(access), secret)
+    [state] = await Delivery("r1", [dest], _fixed(access), secret).deliver_all()
     assert state.status == "synced"
     assert state.last_synced_key_id == secret.key_id
     held = fake_azure.vault_secret(vault, dest.secret_name)
@@ -205,12 +204,12 @@ async def test_key_vault_delivers_reads_back_and_repairs_drift(
     assert abs(held.expires - secret.expires_on.timestamp()) < 1
     assert state.last_synced_version == held.version
 
-    quiet = await recheck("r1", [dest], _fixed(access), secret, [state])
+    quiet = await Delivery("r1", [dest], _fixed(access), secret).recheck([state])
     assert quiet.drifted == []
     assert quiet.synced == [state.id]
 
     fake_azure.set_vault_secret(vault, dest.secret_name, "someone-else")
-    repaired = await recheck("r1", [dest], _fixed(access), secret, quiet.states)
+    repaired = await Delivery("r1", [dest], _fixed(access), secret).recheck(quiet.states)
     assert repaired.drifted == [destination_id(dest)]
     assert repaired.states[0].status == "synced"
     assert fake_azure.vault_secret(vault, dest.secret_name).value == secret.value.get_secret_value()
@@ -229,7 +228,7 @@ async def test_a_soft_deleted_name_is_recovered_then_set(fake_azure: Any, tenant
         await client.delete_secret("deleted-one")
     assert fake_azure.vault_secret(vault, "deleted-one") is None
     secret = rotated()
-    [state] = await deliver_all("r1", [dest], _fixed(access), secret)
+    [state] = await Delivery("r1", [dest], _fixed(access), secret).deliver_all()
     assert state.status == "synced", state.last_error
     assert fake_azure.vault_secret(vault, "deleted-one").value == secret.value.get_secret_value()
     assert fake_azure.request_count("keyvault", path_pattern="deletedsecrets/deleted-one/recover") == 1
@@ -257,12 +256,12 @@ async def test_no_role_is_a_422_naming_the_role(fake_azure: Any, tenant: Any, wr
     assert "connection c1's app" in fields["destinations[0].vaultUrl"]
 
     # Delivery records the same fix, fails only these two, and backs off.
-    states = await deliver_all("r1", destinations, _fixed(access), rotated())
+    states = await Delivery("r1", destinations, _fixed(access), rotated()).deliver_all()
     assert [s.status for s in states] == ["failed", "failed"]
     assert "Key Vault Secrets Officer" in (states[0].last_error or "")
     assert "App Configuration Data Owner" in (states[1].last_error or "")
     before = fake_azure.request_count("*")
-    waiting = await recheck("r1", destinations, _fixed(access), rotated(), states)
+    waiting = await Delivery("r1", destinations, _fixed(access), rotated()).recheck(states)
     assert waiting.failed == [s.id for s in states]
     assert fake_azure.request_count("*") == before
 
@@ -289,7 +288,7 @@ async def test_app_configuration_value_and_key_vault_reference(
     ]
     check_destinations(destinations)
     secret = rotated()
-    states = await deliver_all("r1", destinations, _fixed(access), secret)
+    states = await Delivery("r1", destinations, _fixed(access), secret).deliver_all()
     assert [s.status for s in states] == ["synced"] * 3, [s.last_error for s in states]
     version = fake_azure.vault_secret(vault, "web-client-secret").version
     reference = fake_azure.app_config_value(store, "Web:SecretRef", label="prod")
@@ -301,14 +300,14 @@ async def test_app_configuration_value_and_key_vault_reference(
     assert states[1].last_synced_version == fake_azure.app_config_value(store, "Web:Secret").etag
 
     fake_azure.set_app_config_value(store, "Web:Secret", "drifted")
-    result = await recheck("r1", destinations, _fixed(access), secret, states)
+    result = await Delivery("r1", destinations, _fixed(access), secret).recheck(states)
     assert result.drifted == [states[1].id]
     assert result.synced == [s.id for s in states]
     assert fake_azure.app_config_value(store, "Web:Secret").value == secret.value.get_secret_value()
 
     # A newer secret: the vault gets a new version and the reference follows it.
     newer = rotated()
-    states = await deliver_all("r1", destinations, _fixed(access), newer, result.states)
+    states = await Delivery("r1", destinations, _fixed(access), newer).deliver_all(result.states)
     newest = fake_azure.vault_secret(vault, "web-client-secret").version
     assert newest != version
     assert (
@@ -331,7 +330,7 @@ async def test_429_and_503_are_retried_through_the_gateway(fake_azure: Any, tena
     fake_azure.inject(
         "appconfig", "503", count=1, retry_after=1, path_pattern=f"^/stores/{store.name}/", method="PUT"
     )
-    states = await deliver_all("r1", destinations, _fixed(access), rotated())
+    states = await Delivery("r1", destinations, _fixed(access), rotated()).deliver_all()
     assert [s.status for s in states] == ["synced", "synced"], [s.last_error for s in states]
     assert (
         fake_azure.request_count("keyvault", path_pattern=f"^/vaults/{vault.name}/secrets", method="PUT") == 2
@@ -377,7 +376,7 @@ async def test_devops_sets_ours_and_keeps_every_other_variable(
     dest, access = group_dest(), devops_access(org, pat)
     await validate_all([dest], _fixed(access))
     secret = rotated()
-    [state] = await deliver_all("r1", [dest], _fixed(access), secret)
+    [state] = await Delivery("r1", [dest], _fixed(access), secret).deliver_all()
     assert state.status == "synced", state.last_error
     group = fake_azure.variable_group(org, "web-secrets")
     assert group.variables["ClientSecret"].value == secret.value.get_secret_value()
@@ -391,12 +390,12 @@ async def test_devops_sets_ours_and_keeps_every_other_variable(
     assert group.variables["DbPassword"].value == "db-secret-1"
     assert group.variables["DbPassword"].is_secret
 
-    quiet = await recheck("r1", [dest], _fixed(access), secret, [state])
+    quiet = await Delivery("r1", [dest], _fixed(access), secret).recheck([state])
     assert quiet.drifted == []
 
     # Someone removes our variable: drift, re-delivered; their other edit stays.
     fake_azure.set_group_variable(org, "web-secrets", "Region", "northeurope")
-    result = await recheck("r1", [dest], _fixed(access), secret, quiet.states)
+    result = await Delivery("r1", [dest], _fixed(access), secret).recheck(quiet.states)
     assert result.drifted == [state.id]
     assert result.synced == [state.id]
     group = fake_azure.variable_group(org, "web-secrets")
@@ -423,7 +422,7 @@ async def test_devops_concurrent_edit_is_read_again_not_overwritten(
         path_pattern=rf"/{org.name}/.*variablegroups/{group_id}$",
         method="GET",
     )
-    delivery = asyncio.create_task(deliver_all("r1", [dest], _fixed(access), rotated()))
+    delivery = asyncio.create_task(Delivery("r1", [dest], _fixed(access), rotated()).deliver_all())
     await asyncio.sleep(0.5)
     fake_azure.set_group_variable(org, "web-secrets", "Region", "edited-meanwhile")
     [state] = await delivery
@@ -480,7 +479,7 @@ async def test_one_failing_destination_does_not_stop_the_others(
         return devops_access(org, pat) if isinstance(dest, DevOpsVariableGroupDestination) else azure
 
     secret = rotated()
-    states = await deliver_all("r1", destinations, access_for, secret)
+    states = await Delivery("r1", destinations, access_for, secret).deliver_all()
     assert [s.status for s in states] == ["synced", "failed"]
     assert states[1].next_attempt_at is not None
     assert states[1].failures == 1
@@ -488,8 +487,8 @@ async def test_one_failing_destination_does_not_stop_the_others(
     assert secret.value.get_secret_value() not in caplog.text
 
     fake_azure.add_variable_group(org, "web", "gone", {"Other": "x"})
-    later = await recheck(
-        "r1", destinations, access_for, secret, states, now=clock.now() + timedelta(minutes=2)
+    later = await Delivery("r1", destinations, access_for, secret).recheck(
+        states, now=clock.now() + timedelta(minutes=2)
     )
     assert later.synced == [s.id for s in states]
     assert fake_azure.variable_group(org, "gone").variables["Other"].value == "x"
@@ -506,7 +505,7 @@ async def test_devops_lost_update_is_read_again_before_writing_again(
     path = rf"/{org.name}/.*variablegroups/{group_id}$"
     fake_azure.inject("devops", "lost", count=1, path_pattern=path, method="PUT")
     secret = rotated()
-    [state] = await deliver_all("r1", [dest], _fixed(access), secret)
+    [state] = await Delivery("r1", [dest], _fixed(access), secret).deliver_all()
     assert state.status == "synced", state.last_error
     assert fake_azure.request_count("devops", path_pattern=path, method="PUT") == 2
     log = [(r.method, r.path) for r in fake_azure.request_log("devops") if org.name in r.path]

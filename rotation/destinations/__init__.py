@@ -1,12 +1,13 @@
 """Delivery of a rotated secret to Key Vault, App Configuration and Azure DevOps variable groups.
 
 The secret-rotation resource calls `check_destinations` (no network) and `validate_all` on create
-and PATCH, `deliver_all` before a new secret becomes current, and `recheck` from its timer. See
+and PATCH, a `Delivery`'s `deliver_all` before a new secret becomes current, and its `recheck` from
+the timer. See
 docs/ARCHITECTURE.md, "Destinations".
 """
 
 from rotation.destinations.access import Access, AzureAccess, DevOpsAccess, Held, SecretToDeliver
-from rotation.destinations.delivery import AccessFor, Recheck, deliver_all, recheck, validate_all
+from rotation.destinations.delivery import AccessFor, Delivery, Recheck, validate_all
 from rotation.destinations.models import (
     AppConfigurationDestination,
     Destination,
@@ -23,6 +24,7 @@ __all__ = [
     "AccessFor",
     "AppConfigurationDestination",
     "AzureAccess",
+    "Delivery",
     "Destination",
     "DestinationList",
     "DestinationState",
@@ -33,8 +35,6 @@ __all__ = [
     "Recheck",
     "SecretToDeliver",
     "check_destinations",
-    "deliver_all",
     "destination_id",
-    "recheck",
     "validate_all",
 ]

@@ -1,6 +1,6 @@
 """What the rotation engine calls: validate a list, deliver to all, re-check all.
 
-Each destination runs on its own: one failing never raises out of `deliver_all`/`recheck`, it is
+Each destination runs on its own: one failing never raises out of `Delivery.deliver_all`/`recheck`, it is
 recorded in its `DestinationState` (status, lastError, backoff) and raised as an event. Key Vault
 destinations go first, because an App Configuration reference points at the version just written.
 """
@@ -236,27 +236,6 @@ def _drift(dest: Destination, state: DestinationState, held: Held) -> str | None
     return None
 
 
-def _index(states: list[DestinationState] | None) -> dict[str, DestinationState]:
-    return {s.id: s for s in states or []}
-
-
-async def deliver_all(
-    rotation_id: str,
-    destinations: list[Destination],
-    access_for: AccessFor,
-    secret: SecretToDeliver,
-    states: list[DestinationState] | None = None,
-    *,
-    now: datetime | None = None,
-) -> list[DestinationState]:
-    """Deliver `secret` to every destination and read it back; one state per destination, in order.
-
-    Never raises for a destination: a failure is its state (`failed`, lastError, backoff) and a
-    `delivery.failed` event. The secret may become current once every state is `synced`."""
-    run = _Run(rotation_id, destinations, access_for, secret, now or clock.now(), _index(states))
-    return await run.each(run.deliver)
-
-
 @dataclass(frozen=True)
 class Recheck:
     states: list[DestinationState]
@@ -271,16 +250,37 @@ class Recheck:
         return [s.id for s in self.states if s.status == "synced"]
 
 
-async def recheck(
-    rotation_id: str,
-    destinations: list[Destination],
-    access_for: AccessFor,
-    secret: SecretToDeliver,
-    states: list[DestinationState] | None = None,
-    *,
-    now: datetime | None = None,
-) -> Recheck:
-    """Read every synced destination back and re-deliver where it drifted; re-deliver failed or
-    pending ones whose backoff has passed. Raises `delivery.drifted` / `delivery.failed` events."""
-    run = _Run(rotation_id, destinations, access_for, secret, now or clock.now(), _index(states))
-    return Recheck(await run.each(run.check), run.drifted)
+@dataclass(frozen=True)
+class Delivery:
+    """One secret for one rotation's destinations, each written with the access `access_for` gives.
+
+    `states` are the destinations' states from the last run (None: all pending)."""
+
+    rotation_id: str
+    destinations: list[Destination]
+    access_for: AccessFor
+    secret: SecretToDeliver
+
+    async def deliver_all(
+        self, states: list[DestinationState] | None = None, *, now: datetime | None = None
+    ) -> list[DestinationState]:
+        """Deliver the secret to every destination and read it back; one state per destination, in order.
+
+        Never raises for a destination: a failure is its state (`failed`, lastError, backoff) and a
+        `delivery.failed` event. The secret may become current once every state is `synced`."""
+        run = self._run(states, now)
+        return await run.each(run.deliver)
+
+    async def recheck(
+        self, states: list[DestinationState] | None = None, *, now: datetime | None = None
+    ) -> Recheck:
+        """Read every synced destination back and re-deliver where it drifted; re-deliver failed or
+        pending ones whose backoff has passed. Raises `delivery.drifted` / `delivery.failed` events."""
+        run = self._run(states, now)
+        return Recheck(await run.each(run.check), run.drifted)
+
+    def _run(self, states: list[DestinationState] | None, now: datetime | None) -> _Run:
+        known = {s.id: s for s in states or []}
+        return _Run(
+            self.rotation_id, self.destinations, self.access_for, self.secret, now or clock.now(), known
+        )
