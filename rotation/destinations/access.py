@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from core.azure_failure import AzureFailure
-from core.errors import FieldError, Unprocessable
+from core.errors import FieldError, Problem, Unprocessable
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -73,23 +73,37 @@ class Held:
     matches: bool | None = None
 
 
-def needs_role(role: str, where: str, access: AzureAccess) -> str:
-    return f"{access.principal} needs the '{role}' role on {where}; grant it and try again"
+@dataclass(frozen=True)
+class AzureRole:
+    """The data-plane role a destination's writer needs on the resource, and how a refusal names it.
 
+    Neither Key Vault nor App Configuration has a "may I write" call: validation reads, so a
+    read-only role passes it and fails the first delivery, with the same fix in `lastError`."""
 
-def role_refusal(failure: AzureFailure, field: str, fix: str, service: str) -> Unprocessable:
-    """A refusal met while validating (401/403: the role to grant), as a 422 on the URL field."""
-    return Unprocessable(
-        f"{service} refused the request ({failure.code}).",
-        [FieldError(field, fix)],
-        extra={"step": failure.step, "azureCode": failure.code},
-        code="azure-refused",
-    )
+    name: str  # "Key Vault Secrets Officer"
+    service: str  # the service as a message names it: "Key Vault"
 
+    def fix(self, where: str, access: AzureAccess) -> str:
+        return f"{access.principal} needs the '{self.name}' role on {where}; grant it and try again"
 
-def with_role(failure: AzureFailure, fix: str) -> AzureFailure:
-    """A 401/403 met while delivering keeps its step and code, with the fix as its message (for
-    `lastError`); any other failure is returned unchanged."""
-    if failure.status not in (401, 403):
-        return failure
-    return AzureFailure(failure.step, failure.status, failure.code, fix)
+    def refusal(self, failure: AzureFailure, field: str, fix: str) -> Unprocessable:
+        """A refusal met while validating, as a 422 on the URL field saying what to do."""
+        return Unprocessable(
+            f"{self.service} refused the request ({failure.code}).",
+            [FieldError(field, fix)],
+            extra={"step": failure.step, "azureCode": failure.code},
+            code="azure-refused",
+        )
+
+    def validating(self, failure: AzureFailure, field: str, fix: str) -> Problem:
+        """Any failure met while validating: a 401/403 is the role to grant; others as the gateway says."""
+        if failure.status in (401, 403):
+            return self.refusal(failure, field, fix)
+        return failure.problem(validating=True, fields={"clientId": field})
+
+    def delivering(self, failure: AzureFailure, fix: str) -> AzureFailure:
+        """A 401/403 met while delivering keeps its step and code, with the fix as its message (for
+        `lastError`); any other failure is returned unchanged."""
+        if failure.status not in (401, 403):
+            return failure
+        return AzureFailure(failure.step, failure.status, failure.code, fix)

@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING
 
 from core import azure_gateway
 from core.azure_failure import AzureFailure
-from rotation.destinations.access import (
-    AzureAccess,
-    Held,
-    SecretToDeliver,
-    needs_role,
-    role_refusal,
-    with_role,
-)
+from rotation.destinations.access import AzureAccess, AzureRole, Held, SecretToDeliver
 from rotation.destinations.models import AppConfigurationDestination
 
 if TYPE_CHECKING:
@@ -30,7 +23,7 @@ if TYPE_CHECKING:
     from azure.appconfiguration.aio import AzureAppConfigurationClient
 
 KEY_VAULT_REFERENCE = "application/vnd.microsoft.appconfig.keyvaultref+json;charset=utf-8"
-ROLE = "App Configuration Data Owner"
+ROLE = AzureRole("App Configuration Data Owner", "App Configuration")
 
 
 @contextlib.asynccontextmanager
@@ -45,7 +38,7 @@ async def _client(
 
 
 def _fix(dest: AppConfigurationDestination, access: AzureAccess) -> str:
-    return needs_role(ROLE, f"the store {dest.endpoint}", access)
+    return ROLE.fix(f"the store {dest.endpoint}", access)
 
 
 def expected(secret: SecretToDeliver, reference: str | None) -> tuple[str, str | None]:
@@ -77,11 +70,7 @@ async def validate(dest: AppConfigurationDestination, access: AzureAccess, at: s
         try:
             await _get(client, dest)
         except AzureFailure as failure:
-            if failure.status in (401, 403):
-                raise role_refusal(
-                    failure, f"{at}.endpoint", _fix(dest, access), "App Configuration"
-                ) from None
-            raise failure.problem(validating=True, fields={"clientId": f"{at}.endpoint"}) from None
+            raise ROLE.validating(failure, f"{at}.endpoint", _fix(dest, access)) from None
 
 
 async def deliver(
@@ -101,7 +90,7 @@ async def deliver(
                 "setKeyValue", lambda: client.set_configuration_setting(setting), kind="appconfig"
             )
         except AzureFailure as failure:
-            raise with_role(failure, _fix(dest, access)) from None
+            raise ROLE.delivering(failure, _fix(dest, access)) from None
         return await _read(client, dest, secret, reference)
 
 

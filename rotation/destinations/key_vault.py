@@ -15,21 +15,14 @@ from typing import TYPE_CHECKING
 from core import azure_gateway
 from core.azure_clients import is_loopback
 from core.azure_failure import AzureFailure
-from rotation.destinations.access import (
-    AzureAccess,
-    Held,
-    SecretToDeliver,
-    needs_role,
-    role_refusal,
-    with_role,
-)
+from rotation.destinations.access import AzureAccess, AzureRole, Held, SecretToDeliver
 from rotation.destinations.models import KeyVaultDestination
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets.aio import SecretClient
 
 CONTENT_TYPE = "client-secret"
-ROLE = "Key Vault Secrets Officer"
+ROLE = AzureRole("Key Vault Secrets Officer", "Key Vault")
 RECOVERY_POLL_SECONDS = 1
 
 
@@ -49,7 +42,7 @@ async def _client(dest: KeyVaultDestination, access: AzureAccess) -> AsyncIterat
 
 
 def _fix(dest: KeyVaultDestination, access: AzureAccess) -> str:
-    return needs_role(ROLE, f"{dest.vault_url} (or a scope above it)", access)
+    return ROLE.fix(f"{dest.vault_url} (or a scope above it)", access)
 
 
 def _unreachable(dest: KeyVaultDestination) -> str:
@@ -58,8 +51,7 @@ def _unreachable(dest: KeyVaultDestination) -> str:
 
 async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "destination") -> None:
     """Reach the vault once with the credential that will write: a read of the secret (absent is
-    fine). Key Vault has no "may I write" call, so a read-only role passes here and fails the first
-    delivery with the same message in `lastError`."""
+    fine; a read-only role passes, see `AzureRole`)."""
     async with _client(dest, access) as client:
         try:
             await azure_gateway.call(
@@ -69,10 +61,8 @@ async def validate(dest: KeyVaultDestination, access: AzureAccess, at: str = "de
             if failure.code == "SecretNotFound":
                 return
             if failure.status in (0, 404):  # a vault host that does not resolve, or no such vault
-                raise role_refusal(failure, f"{at}.vaultUrl", _unreachable(dest), "Key Vault") from None
-            if failure.status in (401, 403):
-                raise role_refusal(failure, f"{at}.vaultUrl", _fix(dest, access), "Key Vault") from None
-            raise failure.problem(validating=True, fields={"clientId": f"{at}.vaultUrl"}) from None
+                raise ROLE.refusal(failure, f"{at}.vaultUrl", _unreachable(dest)) from None
+            raise ROLE.validating(failure, f"{at}.vaultUrl", _fix(dest, access)) from None
 
 
 async def deliver(dest: KeyVaultDestination, access: AzureAccess, secret: SecretToDeliver) -> Held:
@@ -80,7 +70,7 @@ async def deliver(dest: KeyVaultDestination, access: AzureAccess, secret: Secret
     try:
         return await _deliver(dest, access, secret)
     except AzureFailure as failure:
-        raise with_role(failure, _fix(dest, access)) from None
+        raise ROLE.delivering(failure, _fix(dest, access)) from None
 
 
 async def _deliver(dest: KeyVaultDestination, access: AzureAccess, secret: SecretToDeliver) -> Held:
