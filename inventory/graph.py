@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core import azure_gateway
-from inventory.models import CredentialType
+from inventory.models import AppCredential, CredentialType
 
 if TYPE_CHECKING:
     from core.azure_credentials import AppAccess
@@ -24,19 +23,6 @@ PAGE_SIZE = 999  # Graph's largest page for /applications
 SELECT = ["id", "appId", "displayName", "passwordCredentials", "keyCredentials"]
 # The application permission a connection needs to list every app registration of its tenant.
 READ_PERMISSION = "Application.Read.All"
-
-
-@dataclass(frozen=True)
-class Credential:
-    """A password or certificate credential of an app, without any secret material."""
-
-    app_object_id: str
-    app_id: str
-    app_display_name: str
-    key_id: str
-    type: CredentialType
-    display_name: str
-    end_date_time: datetime
 
 
 async def application_pages(access: AppAccess) -> AsyncIterator[list[dict[str, Any]]]:
@@ -84,7 +70,7 @@ def _end(value: object) -> datetime | None:
     return end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
 
 
-def credentials_of(apps: Iterable[dict[str, Any]]) -> Iterable[Credential]:
+def credentials_of(apps: Iterable[dict[str, Any]]) -> Iterable[AppCredential]:
     """The dated credentials of each app (a credential without an end date never expires)."""
     for app in apps:
         kinds: tuple[tuple[CredentialType, Any], ...] = (
@@ -96,7 +82,7 @@ def credentials_of(apps: Iterable[dict[str, Any]]) -> Iterable[Credential]:
                 end = _end(credential.get("endDateTime"))
                 if not credential.get("keyId") or end is None:
                     continue
-                yield Credential(
+                yield AppCredential(
                     app_object_id=str(app.get("id") or ""),
                     app_id=str(app.get("appId") or ""),
                     app_display_name=str(app.get("displayName") or ""),

@@ -15,6 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from pydantic import BaseModel
+
 from core import clock, records
 from core.models import ApiModel
 
@@ -22,18 +24,25 @@ SCAN_PK = "scan"
 CredentialType = Literal["password", "certificate"]
 
 
-class InventoryEntry(records.Record, table="CredentialInventory", pk="connection_id", rk="key_id"):
-    """One expiring (or expired) credential of an app registration, as one connection sees it."""
+class AppCredential(BaseModel):
+    """A password or certificate credential of an app registration, without any secret material."""
 
-    connection_id: str
-    key_id: str
-    tenant_id: str
     app_object_id: str
     app_id: str
     app_display_name: str = ""
+    key_id: str
     type: CredentialType
     display_name: str = ""
     end_date_time: datetime
+
+
+class InventoryEntry(
+    records.Record, AppCredential, table="CredentialInventory", pk="connection_id", rk="key_id"
+):
+    """One expiring (or expired) credential of an app registration, as one connection sees it."""
+
+    connection_id: str
+    tenant_id: str
     managed_by: str = ""  # "" = no rotation of the broker replaces it
     notified_on: str = ""  # YYYY-MM-DD (UTC) of the last credential.expiring event
 
@@ -78,23 +87,11 @@ class CredentialItem(ApiModel):
     @classmethod
     def of(cls, entry: InventoryEntry) -> CredentialItem:
         return cls(
-            **entry.model_dump(include=_SHOWN),
+            **entry.model_dump(include=set(cls.model_fields) - {"end_date_time", "expired", "managed_by"}),
             end_date_time=clock.isoformat(entry.end_date_time),
             expired=entry.end_date_time <= clock.now(),
             managed_by=entry.managed_by or None,
         )
-
-
-_SHOWN = {
-    "connection_id",
-    "tenant_id",
-    "app_object_id",
-    "app_id",
-    "app_display_name",
-    "key_id",
-    "type",
-    "display_name",
-}
 
 
 class ScanView(ApiModel):

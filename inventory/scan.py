@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict
 from datetime import timedelta
 
 from core import azure_gateway, clock, events, records, tables
@@ -101,7 +100,7 @@ async def _list(
                     connection_id=facts.id,
                     tenant_id=facts.tenant_id,
                     managed_by=managed.get(credential.key_id, ""),
-                    **asdict(credential),
+                    **credential.model_dump(),
                 )
     return pages, apps, found
 
