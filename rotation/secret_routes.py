@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from core import audit
 from core.deps import Admin, Operator, PathId, Reader
@@ -17,14 +17,26 @@ from rotation.secret_models import (
     SecretRotationView,
     view_of,
 )
+from rotation.secret_records import SecretRotationRecord
 
 router = APIRouter(prefix="/api/v1/secret-rotations", tags=["secret rotations"])
 IfMatch = Annotated[str | None, Header(alias="If-Match", max_length=256, description="ETag from a GET")]
 
 
-def _etag(response: Response, etag: str | None) -> None:
-    if etag:
-        response.headers["ETag"] = etag
+async def _existing(rotation_id: PathId) -> SecretRotationRecord:
+    return await secret_service.get(rotation_id)
+
+
+# The secret rotation a route's path names (a 404 problem if there is none); declared after the
+# caller, so an unauthorised request learns nothing about which rotations exist.
+ExistingRotation = Annotated[SecretRotationRecord, Depends(_existing)]
+
+
+def _shown(record: SecretRotationRecord, response: Response) -> SecretRotationView:
+    """The view of `record`, its ETag on the response (a later PATCH or DELETE sends it as If-Match)."""
+    if record.etag:
+        response.headers["ETag"] = record.etag
+    return view_of(record)
 
 
 @router.post(
@@ -38,9 +50,8 @@ async def create_secret_rotation(
     body: SecretRotationCreate, caller: Admin, response: Response
 ) -> SecretRotationView:
     record = await secret_service.create(body, caller)
-    _etag(response, record.etag)
     response.headers["Location"] = f"{router.prefix}/{record.id}"
-    return view_of(record)
+    return _shown(record, response)
 
 
 @router.get("", response_model=list[SecretRotationView], summary="List secret rotations (metadata only)")
@@ -49,10 +60,10 @@ async def list_secret_rotations(caller: Reader) -> list[SecretRotationView]:
 
 
 @router.get("/{rotation_id}", response_model=SecretRotationView, summary="Read a secret rotation")
-async def read_secret_rotation(rotation_id: PathId, caller: Reader, response: Response) -> SecretRotationView:
-    record = await secret_service.get(rotation_id)
-    _etag(response, record.etag)
-    return view_of(record)
+async def read_secret_rotation(
+    caller: Reader, record: ExistingRotation, response: Response
+) -> SecretRotationView:
+    return _shown(record, response)
 
 
 @router.patch(
@@ -67,9 +78,7 @@ async def update_secret_rotation(
     response: Response,
     if_match: IfMatch = None,
 ) -> SecretRotationView:
-    record = await secret_service.update(rotation_id, body, caller, if_match=if_match)
-    _etag(response, record.etag)
-    return view_of(record)
+    return _shown(await secret_service.update(rotation_id, body, caller, if_match=if_match), response)
 
 
 @router.delete(
@@ -93,11 +102,9 @@ async def delete_secret_rotation(
     summary="Rotate now (Operator); a failure keeps the previous secret and shows status failed",
 )
 async def rotate_secret_rotation(
-    rotation_id: PathId, caller: Operator, response: Response
+    caller: Operator, record: ExistingRotation, response: Response
 ) -> SecretRotationView:
-    record = await secret_runs.rotate(await secret_service.get(rotation_id), caller, trigger="manual")
-    _etag(response, record.etag)
-    return view_of(record)
+    return _shown(await secret_runs.rotate(record, caller, trigger="manual"), response)
 
 
 @router.post(
@@ -106,11 +113,9 @@ async def rotate_secret_rotation(
     summary="Deliver the current secret to every destination now (Operator)",
 )
 async def sync_secret_rotation(
-    rotation_id: PathId, caller: Operator, response: Response
+    caller: Operator, record: ExistingRotation, response: Response
 ) -> SecretRotationView:
-    record = await secret_runs.sync(await secret_service.get(rotation_id), caller)
-    _etag(response, record.etag)
-    return view_of(record)
+    return _shown(await secret_runs.sync(record, caller), response)
 
 
 @router.get(
@@ -118,10 +123,9 @@ async def sync_secret_rotation(
     response_model=CurrentSecret,
     summary="The current secret (Operator, audited, never cached): the only response that carries it",
 )
-async def current_secret(rotation_id: PathId, caller: Operator, response: Response) -> CurrentSecret:
+async def current_secret(caller: Operator, record: ExistingRotation, response: Response) -> CurrentSecret:
     from rotation.secret_engine import RESOURCE, current_value
 
-    record = await secret_service.get(rotation_id)
     value = await current_value(record)
     response.headers["Cache-Control"] = "no-store"
     if value is None:
