@@ -12,7 +12,7 @@ from core.errors import FieldError, Unprocessable
 from core.models import ApiModel
 from rotation.destinations import DestinationList, destination_id
 from rotation.secret_records import SecretRotationRecord
-from rotation.service import ScheduleFields
+from rotation.service import OutcomeView, ScheduleFields
 
 
 class SecretRotationCreate(ScheduleFields):
@@ -54,7 +54,7 @@ def lifetime_days(interval_days: int, given: int | None) -> int:
     return lifetime
 
 
-class SecretRotationView(ApiModel):
+class SecretRotationView(OutcomeView):
     """A secret rotation as read and listed: metadata only, never a secret."""
 
     id: str
@@ -68,10 +68,7 @@ class SecretRotationView(ApiModel):
     current_key_id: str | None = None
     previous_key_id: str | None = None
     current_expires_at: str | None = None
-    last_rotated_at: str | None = None
-    next_rotation_at: str | None = None
     status: str
-    last_error: str | None = None
     waiting_for_delivery_key_ids: list[str] = Field(
         default_factory=list,
         description="older broker secrets kept on the app because a destination still holds them",

@@ -62,7 +62,16 @@ class RotationSettings(ScheduleFields):
     )
 
 
-class RotationView(ApiModel):
+class OutcomeView(ApiModel):
+    """When a rotation last succeeded, when it runs next, and why its last attempt failed: both kinds
+    of rotation (a connection's, a secret rotation) show these alike."""
+
+    last_rotated_at: str | None = None
+    next_rotation_at: str | None = None
+    last_error: str | None = None
+
+
+class RotationView(OutcomeView):
     """The rotation block shown on a connection (never a secret)."""
 
     enabled: bool
@@ -70,10 +79,7 @@ class RotationView(ApiModel):
     interval_days: int | None = None
     rotate_at: str | None = None
     time_zone: str = "UTC"
-    last_rotated_at: str | None = None
-    next_rotation_at: str | None = None
     status: Status = "disabled"
-    last_error: str | None = None
     pending_removal_key_ids: list[str] = Field(
         default_factory=list,
         description="Key IDs of broker-made secrets no longer in use whose removal from the app failed; "
