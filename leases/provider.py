@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from core import azure_credentials, azure_gateway
+from core.auth import unverified_claims
 from core.azure_clients import graph_scope
 from core.azure_credentials import AppAccess
 from core.azure_failure import AzureFailure, token_failure
@@ -143,18 +144,7 @@ async def app_token_claims(access: AppAccess) -> dict[str, Any]:
     token = await azure_gateway.call(
         "token", lambda: access.credential.get_token(graph_scope()), kind="token", pace=access.pace_key
     )
-    return token_claims(token.token)
-
-
-def token_claims(token: str) -> dict[str, Any]:
-    """The claims of a JWT access token (read, not verified: Entra just issued it to us over TLS)."""
-    import jwt
-
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return {}
-    return claims if isinstance(claims, dict) else {}
+    return unverified_claims(token.token)
 
 
 def token_roles(claims: dict[str, Any]) -> set[str]:
