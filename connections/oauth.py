@@ -6,9 +6,9 @@ URL. The callback (`complete_authorization`) claims the state with an ETag write
 minutes), exchanges the code with the kind's operator app, and hands the tokens to the kind's
 registered completion, which validates them and creates the connection.
 
-Table `OAuthStates`: PartitionKey = "state", RowKey = SHA-256 of the state (hex). Properties: kind,
-params (JSON, no secrets), callerId, callerName, redirectUri, createdAt, expiresAt, consumedAt,
-verifierRef (secret store name), connectionId. The state value itself is never stored.
+Table `OAuthStates`: PartitionKey = "state", RowKey = SHA-256 of the state (hex). Properties: pending
+(JSON: kind, params with the tenant, caller, redirectUri; no secrets), createdAt, expiresAt, consumedAt,
+verifierRef (secret store name). The state value itself is never stored.
 
 Delegated access afterwards goes through `RefreshTokenCredential`, which redeems the stored
 refresh token and stores the new one whenever Entra rotates it.

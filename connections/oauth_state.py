@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict
 
 from core import clock, records, tables
 from core.auth import Caller
@@ -26,9 +25,10 @@ STATE_RETENTION = timedelta(hours=1)
 STATES_PK = "state"
 
 
-@dataclass(frozen=True)
-class PendingAuthorization:
-    """A pending authorize request, as recorded when it started."""
+class PendingAuthorization(BaseModel):
+    """A pending authorize request, as recorded when it started (its tenant is in `params`)."""
+
+    model_config = ConfigDict(frozen=True)
 
     kind: str
     params: dict[str, Any]
@@ -41,24 +41,11 @@ class OAuthState(records.Record, table="OAuthStates", pk="partition", rk="key"):
 
     partition: str = STATES_PK
     key: str
-    kind: str = ""
-    tenant_id: str = ""
-    params: dict[str, Any] = Field(default_factory=dict)
-    caller_id: str = ""
-    caller_name: str = ""
-    redirect_uri: str = ""
-    created_at: datetime | None = None
-    expires_at: datetime | None = None
+    pending: PendingAuthorization
+    created_at: datetime
+    expires_at: datetime
     consumed_at: datetime | None = None
     verifier_ref: str = ""
-
-    def pending(self) -> PendingAuthorization:
-        return PendingAuthorization(
-            kind=self.kind,
-            params={**self.params, "tenantId": self.tenant_id},
-            caller=Caller(id=self.caller_id, name=self.caller_name),
-            redirect_uri=self.redirect_uri,
-        )
 
 
 def _key(state: str) -> str:
@@ -71,20 +58,11 @@ async def record(state: str, tenant: str, pending: PendingAuthorization, verifie
     verifier_ref = secret_name("oauth", key[:32], "pkce")
     now = clock.now()
     await secret_store().set(verifier_ref, verifier)
-    await records.insert(
-        OAuthState(
-            key=key,
-            kind=pending.kind,
-            tenant_id=tenant,
-            params=pending.params,
-            caller_id=pending.caller.id,
-            caller_name=pending.caller.name,
-            redirect_uri=pending.redirect_uri,
-            created_at=now,
-            expires_at=now + STATE_TTL,
-            verifier_ref=verifier_ref,
-        )
+    pending = pending.model_copy(update={"params": {**pending.params, "tenantId": tenant}})
+    record = OAuthState(
+        key=key, pending=pending, created_at=now, expires_at=now + STATE_TTL, verifier_ref=verifier_ref
     )
+    await records.insert(record)
     asyncio.ensure_future(_purge_old_states())  # noqa: RUF006 - housekeeping, best effort
 
 
@@ -141,14 +119,14 @@ async def claim(state: str) -> tuple[OAuthState, PendingAuthorization]:
             "oauth-state-used",
             409,
         ) from None
-    if claimed.expires_at is None or claimed.expires_at < now:
+    if claimed.expires_at < now:
         await drop_verifier(claimed)
         raise state_problem(
             f"the authorization expired: finish sign-in within {int(STATE_TTL.total_seconds() // 60)} "
             "minutes; start again with .../oauth/authorize",
             "oauth-state-expired",
         )
-    return claimed, claimed.pending()
+    return claimed, claimed.pending
 
 
 async def drop_verifier(claimed: OAuthState) -> None:
