@@ -66,6 +66,8 @@ param stateTableNames array = [
   'DynamicSecretUsers'
   'Leases'
   'LeaseIndex'
+  'CredentialInventory'
+  'InventoryScans'
 ]
 
 @description('Public base URL of the broker (SITE_URL; OAuth redirect URIs start with it). Empty: https://<function app>.azurewebsites.net')
