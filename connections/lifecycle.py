@@ -55,7 +55,7 @@ def facts_of(spec: KindSpec, record: ConnectionRecord) -> ConnectionFacts:
         client_id=record.client_id or "",
         credential_rev=record.credential_rev,
         resource=spec.resource,
-        deleting=record.status == DELETING,
+        deleting=record.status == store.DELETING,
         secret_key_id=record.secret_key_id,
     )
 
@@ -305,14 +305,13 @@ async def _update_row(
     return updated
 
 
-DELETING = store.DELETING
 # A DELETE's claim on its row: its Azure calls end by then; the reconciler finishes it after.
 DELETE_CLAIM = timedelta(minutes=5)
 
 
 def refuse_if_deleting(record: ConnectionRecord) -> None:
     """A connection whose DELETE has begun takes no PATCH (retry the DELETE to finish it)."""
-    if record.status == DELETING:
+    if record.status == store.DELETING:
         raise Conflict(
             f"connection {record.id} is being deleted; send the DELETE again to finish it",
             code="connection-deleting",
@@ -331,7 +330,7 @@ async def delete(
     # writer (PATCH, a secret switch) refuses the connection. A DELETE sent again re-claims it.
     claimed = clock.now()
     record = await records.replace(
-        record.model_copy(update={"status": DELETING, "updated_at": clock.isoformat(claimed)})
+        record.model_copy(update={"status": store.DELETING, "updated_at": clock.isoformat(claimed)})
     )
     hooks = hooks_for(spec.kind)
     if hooks is not None and record.method in hooks.methods:
