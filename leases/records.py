@@ -307,11 +307,11 @@ async def finish_lease(before: Lease, after: Lease) -> Lease:
         await release_claim(after.dynamic_secret_name, after.id)
     assert after.revoked_at is not None
     purge = IndexEntry.of("purge", after.revoked_at, after)
-    due = purge.model_copy(update={"key": before.due_key})
-    try:
-        await records.batch([("upsert", purge), ("delete", due)])
-    except ConcurrencyConflict:  # the due entry was already gone
-        await records.upsert(purge)
+    await records.upsert(purge)
+    # Two single writes, not a transaction (a batch costs the broker ~3x a single write): the
+    # purge entry exists first, and a due entry left by a crash here is deleted by the next
+    # sweep as stale (it points at a terminal lease).
+    await records.delete(purge.model_copy(update={"key": before.due_key}), conditional=False)
     return result
 
 
