@@ -21,9 +21,10 @@ What `call` does, in one place:
 - **The claim rule**: a single attempt lasts at most `MAX_CALL_SECONDS`, so work done under a claim
   that ends at T has left the broker by T; Azure may still apply a request sent just before T, until
   T + `MAX_CALL_SECONDS`. Whoever takes a claim over waits until `takeover_at(claim_until)`.
-- **Pacing** per (tenant, app): a 429 for one key delays only that key's calls until its
-  Retry-After has passed (Graph throttles per app and tenant), so a throttled tenant never slows
-  another. Keys are process-wide, shared by every loop and task.
+- **Pacing** per (tenant, app) (`core.pacing`): a 429 for one key delays only that key's calls
+  until its Retry-After has passed, and teaches the key a pace its calls then keep to (Graph
+  throttles per app and tenant), so a throttled tenant never slows another, and a busy one is
+  not driven into 429 after 429. Keys are process-wide, shared by every loop and task.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from core import clock
+from core import clock, pacing
 from core.azure_failure import DEADLINE, TIMEOUT, AzureFailure, Kind, classify
+from core.pacing import PaceKey
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-PaceKey = tuple[str, str]
 
 MAX_ATTEMPTS = 4
 # The longest one attempt may take (the HTTP clients' own timeout is the same or shorter).
@@ -54,7 +55,6 @@ DEFAULT_BUDGET_SECONDS = 30.0
 BACKOFF_BASE_SECONDS = 0.5
 
 _deadline: ContextVar[float | None] = ContextVar("azure_deadline", default=None)
-_paused: dict[PaceKey, float] = {}  # pace key -> monotonic time its calls may resume
 
 
 # ---------------------------------------------------------------------------- deadlines
@@ -95,22 +95,26 @@ def takeover_at(claim_until: datetime) -> datetime:
 # ---------------------------------------------------------------------------- pacing
 
 
-def pause(key: PaceKey, seconds: float) -> None:
-    """Hold `key`'s calls for `seconds` (a 429's Retry-After); a longer pause already set stays."""
-    key = (key[0].lower(), key[1].lower())
-    _paused[key] = max(_paused.get(key, 0.0), time.monotonic() + seconds)
+async def _take_turn(key: PaceKey | None, end: float, step: str) -> None:
+    if key is None:
+        return
+    try:
+        await pacing.take_turn(key, end)
+    except pacing.Throttled as throttled:
+        raise AzureFailure(
+            step, 429, "TooManyRequests", "throttled past the deadline", retry_after=throttled.wait
+        ) from None
 
 
-def paused_for(key: PaceKey) -> float:
-    """Seconds until `key`'s calls may go (0: now)."""
-    return max(0.0, _paused.get((key[0].lower(), key[1].lower()), 0.0) - time.monotonic())
-
-
-async def _wait_for_pace(key: PaceKey | None, end: float, step: str) -> None:
-    while key is not None and (wait := paused_for(key)) > 0:
-        if time.monotonic() + wait >= end:
-            raise AzureFailure(step, 429, "TooManyRequests", "throttled past the deadline", retry_after=wait)
-        await asyncio.sleep(wait)  # another 429 may extend the pause: look again
+def _paced(key: PaceKey | None, failure: AzureFailure | None, attempt: int) -> None:
+    """Tell the key's pace how the attempt went: a 429 pauses it, an answer counts as got through."""
+    if key is None:
+        return
+    if failure is not None and failure.status == 429:
+        wait = failure.retry_after if failure.retry_after is not None else backoff_seconds(attempt)
+        pacing.throttled(key, wait)
+    elif failure is None or failure.status not in (0, 504):  # 0, 504: no answer, or ours
+        pacing.passed(key)
 
 
 # ---------------------------------------------------------------------------- the call
@@ -142,20 +146,22 @@ async def call(
     current = _deadline.get()
     end = current if current is not None else time.monotonic() + DEFAULT_BUDGET_SECONDS
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        await _wait_for_pace(pace, end, step)
+        await _take_turn(pace, end, step)
         left = end - time.monotonic()
         if left <= 0:
             raise AzureFailure(step, 504, DEADLINE, "the call's deadline passed before it could be sent")
         limit = min(MAX_CALL_SECONDS, left)
         try:
-            return await asyncio.wait_for(send(), limit)
+            result = await asyncio.wait_for(send(), limit)
         except TimeoutError:
             code = DEADLINE if limit < MAX_CALL_SECONDS else TIMEOUT
             failure = AzureFailure(step, 504, code, f"Azure did not answer within {limit:.1f}s")
         except Exception as error:
             failure = classify(kind, step, error)
-        if failure.status == 429 and pace is not None:
-            pause(pace, failure.retry_after if failure.retry_after is not None else backoff_seconds(attempt))
+        else:
+            _paced(pace, None, attempt)
+            return result
+        _paced(pace, failure, attempt)
         if not _retryable(failure, idempotent) or attempt == MAX_ATTEMPTS:
             raise failure
         delay = failure.retry_after if failure.retry_after is not None else backoff_seconds(attempt)
@@ -164,6 +170,6 @@ async def call(
         log.info(
             "Azure answered %s (%s) during %s; retrying in %.1fs", failure.status, failure.code, step, delay
         )
-        if not (failure.status == 429 and pace is not None):  # a paced key waits in _wait_for_pace
+        if not (failure.status == 429 and pace is not None):  # a paced key waits its turn
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import azure_gateway, clock
+from core import clock, pacing
 from leases import revoking
 from leases.records import IndexEntry
 
@@ -52,7 +52,7 @@ class Lanes:
 
 
 def _throttled(key: tuple[str, str]) -> bool:
-    return azure_gateway.paused_for(key) > DEFER_WHEN_PAUSED
+    return pacing.paused_for(key) > DEFER_WHEN_PAUSED
 
 
 async def sweep_one(entry: IndexEntry, now: datetime, holder: str, deadline: datetime, lanes: Lanes) -> str:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from core import azure_credentials, azure_gateway, azure_passwords
+from core import azure_credentials, azure_gateway, azure_passwords, pacing
 from core.azure_failure import DEADLINE, AzureFailure
 from tests.harness import ServerHandle
 
@@ -68,6 +68,7 @@ def test_429_retry_after_is_honoured(broker: ServerHandle, fake_azure: Any, targ
     seconds = run(broker, lambda: read_user(target))
     assert seconds >= 2.0
     assert fake_azure.request_count("graph", target.user.id) == 3  # first read, the 429, the retry
+    assert pacing.rate((target.tenant.id, target.app.app_id)) is None  # one 429 among few calls: no pace
 
 
 def test_5xx_is_retried_only_when_the_request_is_idempotent(
@@ -141,6 +142,40 @@ def test_a_429_paces_only_its_own_tenant_and_app(broker: ServerHandle, fake_azur
     assert first >= 3.0
     assert second >= 2.0  # the same key waits out the Retry-After, even a new call
     assert elsewhere < 1.0  # another tenant's calls go at once
+
+
+def test_a_busy_key_learns_a_pace_so_no_call_fails(
+    broker: ServerHandle, fake_azure: Any, target: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 callers at once against a limit of 10 calls/s. Waiting out each Retry-After alone sends
+    every waiting call again together after each pause: half meet another 429, and a call that
+    meets four in a row fails. With a learned pace the calls after the first 429s are spaced."""
+    key = (target.tenant.id, target.app.app_id)
+    run(broker, lambda: read_user(target))  # a token first: only Graph is limited
+    fake_azure.set_graph_rate_limit(10, burst=10, tenant=target.tenant)
+    started = time.time()
+
+    async def callers() -> None:
+        async def caller() -> None:
+            for _ in range(4):
+                await read_user(target)  # raises AzureFailure if a call fails for good
+
+        await asyncio.gather(*(caller() for _ in range(16)))
+
+    try:
+        run(broker, callers)
+    finally:
+        fake_azure.set_graph_rate_limit(None, tenant=target.tenant)
+    throttled = [r for r in fake_azure.request_log("graph") if r.status == 429 and r.at >= started]
+    assert len(throttled) <= 16  # the first burst's 6 (10 of the 16 in flight pass), then few
+    learned = pacing.rate(key)
+    assert learned is not None
+    assert 7.0 <= learned <= 12.0  # near the limit, not far under it
+
+    monkeypatch.setattr(pacing, "FORGET_AFTER", 0.5)
+    time.sleep(0.6)
+    run(broker, lambda: read_user(target))
+    assert pacing.rate(key) is None  # quiet for FORGET_AFTER: unpaced again
 
 
 def test_lost_add_password_is_adopted_once(broker: ServerHandle, fake_azure: Any, target: App) -> None:
