@@ -76,29 +76,23 @@ def test_dependencies_are_traced_after_first_use_and_nothing_at_start(tmp_path: 
         "TMPDIR": str(tmp_path),
     }
     env.pop("WEBSITE_INSTANCE_ID", None)
-    # Known gap (docs/ARCHITECTURE.md, Telemetry): in some fresh processes the distro's auto-
-    # instrumentation misses one path (the httpx span, or azure-core's operation span while its HTTP
-    # span is there). So up to three fresh workers are probed, and one must show every dependency;
-    # a broken set-up (nothing traced, or the SDK imported at start) fails every probe.
-    seen: list[list[dict[str, Any]]] = []
-    for _ in range(3):
-        done = subprocess.run(
-            [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=55
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        assert result["started"] == [], "the worker's start imported the telemetry SDK"
-        spans: list[dict[str, Any]] = result["spans"]
-        seen.append(spans)
-        # The Key Vault call, traced by azure-core as its operation span or its HTTP span.
-        vault = any(s["name"].endswith(".get_secret") or "/secrets/x/" in (s["url"] or "") for s in spans)
-        # The DevOps call (httpx, as Graph through kiota), a CLIENT span.
-        devops = any(
-            s["kind"] == "CLIENT" and (s["url"] or "").endswith("/devops/org/_apis/projects") for s in spans
-        )
-        if vault and devops:
-            return
-    raise AssertionError(f"no probe traced both the Key Vault and the DevOps call: {seen}")
+    # The distro samples by default (a rate-limited sampler, 5 traces/s, that drops some of a fresh
+    # process's first spans: 5 of 12 probes missed one without this). Sampling is a deployment's
+    # choice (the same OTEL_TRACES_SAMPLER app setting); this probe wants every span.
+    env["OTEL_TRACES_SAMPLER"] = "always_on"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=55
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["started"] == [], "the worker's start imported the telemetry SDK"
+    spans: list[dict[str, Any]] = result["spans"]
+    # The Key Vault call, traced by azure-core as its operation span or its HTTP span.
+    assert any(s["name"].endswith(".get_secret") or "/secrets/x/" in (s["url"] or "") for s in spans), spans
+    # The DevOps call (httpx, as Graph through kiota), a CLIENT span.
+    assert any(
+        s["kind"] == "CLIENT" and (s["url"] or "").endswith("/devops/org/_apis/projects") for s in spans
+    ), spans
 
 
 def test_nothing_starts_without_application_insights(monkeypatch: pytest.MonkeyPatch) -> None:
