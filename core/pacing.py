@@ -5,13 +5,13 @@ waiting that out keeps a busy key at the edge of its limit: after every pause al
 go at once, most meet another 429, and a call unlucky several times in a row fails although the
 tenant was only busy. So a key learns a pace from its 429s:
 
-- a 429 pauses the key for its Retry-After, and sets the key's pace a little under the rate its
-  calls got through at in the seconds before (or under its current pace, if that is lower);
+- a 429 pauses the key for its Retry-After, and sets the key's pace 10% under the rate its
+  calls got through at in the seconds before, or under its current pace if that is lower (the
+  rate at which the limit was met); the first few 429s of a busy key bring the pace under its
+  limit, where it stays without further 429s;
 - while paced, calls go one per `1 / rate` seconds, in the order they asked;
-- every call that gets through raises the pace by a step, back up to the rate reached before the
-  429, then by a much smaller one (the limit may have been raised, or reached only by a burst),
-  until the next 429 says where the limit is now;
-- a key with no 429 for `FORGET_AFTER` is unpaced again.
+- a key with no 429 for `FORGET_AFTER` is unpaced again (its limit may have been raised, or the
+  tenant's other traffic gone), and learns afresh from its next 429.
 
 A single 429 among few calls teaches nothing (there is no rate to learn from): it only pauses.
 Keys are process-wide (one Functions worker) and case-insensitive; every loop and task shares them.
@@ -28,9 +28,7 @@ PaceKey = tuple[str, str]
 
 WINDOW_SECONDS = 2.0  # the calls that got through in this window are the rate a 429 learns from
 MIN_TO_LEARN = 3  # fewer calls than this in the window: nothing to learn, the 429 only pauses
-BELOW = 0.9  # the pace starts this far under the rate that got through
-STEP = 0.05  # calls per second added to the pace by each call that gets through, up to the rate
-PROBE_STEP = 0.005  # ... reached before the last 429; above it, this (each 429 costs a pause)
+BELOW = 0.9  # the pace is set this far under the rate at which the limit was met
 FORGET_AFTER = 60.0  # seconds without a 429 after which a key is unpaced again
 
 
@@ -46,7 +44,6 @@ class Throttled(Exception):
 class _Pace:
     resume_at: float = 0.0  # monotonic time before which no call may go (the last Retry-After)
     rate: float | None = None  # calls per second while paced; None: unpaced
-    reached: float = 0.0  # the rate calls got through at before the last 429
     next_turn: float = 0.0  # monotonic time the next paced call may go
     throttled_at: float = 0.0
     passed: deque[float] = field(default_factory=deque)  # when calls got through, last WINDOW
@@ -102,11 +99,8 @@ def passed(key: PaceKey) -> None:
     now = time.monotonic()
     pace.passed.append(now)
     pace.trim(now)
-    if pace.rate is not None:
-        if now - pace.throttled_at > FORGET_AFTER:
-            pace.rate = None
-        else:
-            pace.rate += STEP if pace.rate < pace.reached else PROBE_STEP
+    if pace.rate is not None and now - pace.throttled_at > FORGET_AFTER:
+        pace.rate = None
 
 
 def throttled(key: PaceKey, retry_after: float) -> None:
@@ -119,6 +113,6 @@ def throttled(key: PaceKey, retry_after: float) -> None:
     pace.trim(now)
     if first and len(pace.passed) >= MIN_TO_LEARN:
         span = max(1.0, now - pace.passed[0])  # a key busy for less than the window: its own time
-        pace.reached = len(pace.passed) / span
-        pace.rate = BELOW * (pace.reached if pace.rate is None else min(pace.rate, pace.reached))
+        got_through = len(pace.passed) / span
+        pace.rate = BELOW * (got_through if pace.rate is None else min(pace.rate, got_through))
         pace.next_turn = max(pace.next_turn, pace.resume_at)
