@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def main() -> None:
         "  Ctrl-C stops everything.\n",
         flush=True,
     )
+    # SIGTERM (a closed terminal, `kill`) stops like Ctrl-C, so Azurite is stopped too: uvicorn shuts
+    # down gracefully and then raises the signal again, which by default would end the process here.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         asyncio.run(_serve())
     except KeyboardInterrupt:
