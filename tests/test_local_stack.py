@@ -73,7 +73,7 @@ def test_local_stack_serves_health_docs_and_runs_timers(tmp_path: Path) -> None:
         assert f"API docs: {base}/api/docs" in output
         assert token in output  # the local token is printed for the user
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # as `kill` or a closed terminal; Ctrl-C takes the same path
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
