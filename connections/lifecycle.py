@@ -342,11 +342,31 @@ async def delete(
 
 
 async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, reason: str) -> None:
-    """Undo a create whose follow-up step was refused; audited as a failed create."""
+    """Undo a create whose follow-up step was refused or died; audited as a failed create.
+
+    Its hooks go first, as in a DELETE (rotation removes every broker-made secret from the app,
+    with the connection's own credentials). If they refuse (the create's first rotation is still
+    in flight: it died between its steps) the connection stays, for the reconciler's takeover to
+    finish or undo that run with its credentials; removing it would strand what the run added.
+    """
     try:
         record = await store.get_record(spec.kind, connection_id)
     except Problem:
         return
+    hooks = hooks_for(spec.kind)
+    if hooks is not None and record.method in hooks.methods:
+        try:
+            await hooks.deleting(facts_of(spec, record), caller)
+        except Problem as refused:
+            await audit.record(
+                caller,
+                "connection.create",
+                spec.resource,
+                record.id,
+                "failure",
+                detail=f"{reason}; kept, not rolled back: {refused.detail}",
+            )
+            return
     await _remove(spec, record.model_copy(update={"etag": None}))
     await audit.record(
         caller, "connection.create", spec.resource, record.id, "failure", detail=f"rolled back: {reason}"

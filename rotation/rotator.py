@@ -306,12 +306,13 @@ async def run(record: RotationRecord) -> RotationRecord:
 
 
 async def begin(
-    record: RotationRecord, caller: Caller, trigger: Trigger, *, move_due: bool = False
+    record: RotationRecord, caller: Caller, trigger: Trigger, *, move_due: bool = False, new_row: bool = False
 ) -> RotationRecord:
     """Claim the row (ETag write) with the intent `planned`; `ConcurrencyConflict` if beaten to it.
 
     `move_due` points the due index at now, so that a crash of an unscheduled (manual) run is
-    found by the timer and the reconciler like any due one.
+    found by the timer and the reconciler like any due one. `new_row` creates the row with the run
+    already claimed (a connection's create), so no other run can begin before it.
     """
     if record.step:
         raise Conflict("a rotation of this connection is in flight", code="rotation-in-flight")
@@ -323,7 +324,7 @@ async def begin(
     if move_due:
         record.next_rotation_at = clock.isoformat(clock.now())
     _plan(record, caller, trigger)
-    return await store.save(record)
+    return await (store.create(record) if new_row else store.save(record))
 
 
 async def take_over(record: RotationRecord, caller: Caller) -> RotationRecord:

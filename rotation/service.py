@@ -188,7 +188,7 @@ async def configure_rotation(
     the previous secret was broker-made, it is listed for removal in the same row write and then
     removed from the app (pending for the reconciler if that fails).
     """
-    from rotation import azure_steps, cleanup, runs, store
+    from rotation import azure_steps, cleanup, rotator, store
     from rotation.flavours import CONNECTION
 
     existing = None if on_create else await store.load(connection.id)
@@ -256,7 +256,9 @@ async def configure_rotation(
         record.next_rotation_at = None
         record.slot_at = None
     elif on_create:
-        # The first rotation starts now: `begin` records the intent, `run` does the steps.
+        # The first rotation starts now. Its run is claimed in the same write that creates the row
+        # (`begin(new_row=True)` below): a rotation timer running meanwhile finds it in flight, and
+        # never begins a run of its own that this create would then collide with.
         record.next_rotation_at = clock.isoformat(now)
         record.status = "scheduled"
     else:
@@ -265,7 +267,10 @@ async def configure_rotation(
         if record.status == "disabled":
             record.status = "scheduled"
 
-    if existing is None:
+    first_run = existing is None and on_create and settings.enabled
+    if first_run:
+        record = await rotator.begin(record, caller, "create", new_row=True)
+    elif existing is None:
         record = await store.create(record)
     else:
         record = await store.save(record)
@@ -281,8 +286,8 @@ async def configure_rotation(
         # The connection already uses the new secret (the PATCH switched it); a failure here keeps
         # the Key ID listed for the reconciler and is shown in the view, the PATCH still succeeds.
         record = await cleanup.remove_retired(record, caller)
-    if on_create and settings.enabled:
-        record = await runs.rotate_now(connection.id, caller, trigger="create", record=record)
+    if first_run:
+        record = await rotator.run(record)
     return view_of(record)
 
 

@@ -7,6 +7,7 @@ request while the test acts), so the interleaving is the same on every run.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -388,3 +389,79 @@ def test_a_secret_patch_refused_by_a_half_done_rotation_is_followed_by_the_next_
     assert key not in app.key_ids(), "the PATCH's secret was rotated away"
     run_reconciler(broker)
     assert [c.key_id.lower() for c in app.broker_keys()] == [new_key], "the old broker secret is removed"
+
+
+def test_a_rotation_timer_running_during_a_create_cannot_begin_its_first_run(
+    made: Connections, fake_azure: Any, broker: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the soak (seed 12040). The create wrote its rotation row due now and began its first
+    run in a second write; a rotation timer in between began a run of its own, the create's begin
+    lost the row and answered 409, and its rollback deleted the connection while the timer's run was
+    adding a secret, which then stayed on the app with nothing tracking it. The timer here runs right
+    after the row is written (the racing point)."""
+    from rotation import store
+    from tests.rotation_helpers import assert_one_working_broker_secret, run_timer
+
+    write_row = store.create
+    timer: list[dict[str, Any]] = []
+
+    async def row_then_timer(record: Any) -> Any:
+        written = await write_row(record)
+        if not timer:
+            from rotation.timer import rotate_due_connections
+
+            timer.append(await rotate_due_connections())
+        return written
+
+    monkeypatch.setattr(store, "create", row_then_timer)
+    app = make_app(fake_azure)
+    body = made.create(app)  # asserts 201
+
+    assert timer, "the timer ran at the racing point"
+    assert timer[0].get("busy") == 1, timer  # the create's run was already claimed
+    assert body["rotation"]["status"] == "scheduled", body["rotation"]  # rotated by the create itself
+    monkeypatch.undo()
+    assert run_timer(broker).get("rotated", 0) == 0  # not due again until its schedule
+    assert_one_working_broker_secret(fake_azure, broker, app, body["id"])
+
+
+def test_a_create_that_dies_during_its_first_rotation_keeps_the_connection_for_the_takeover(
+    made: Connections,
+    api: httpx.Client,
+    fake_azure: Any,
+    broker: ServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create whose first rotation dies between its steps (after addPassword) is rolled back; the
+    rollback used to delete the connection and its credentials under the half-done run, so the
+    secret the run had added could never be removed. Now the connection stays (the run is in
+    flight) and the takeover finishes the run with its credentials."""
+    from core import clock
+    from rotation import rotator
+    from tests.rotation_helpers import assert_one_working_broker_secret, run_timer
+
+    advance = rotator.advance
+
+    async def dies_after_adding(record: Any) -> Any:
+        record = await advance(record)
+        if record.step == "added":
+            raise asyncio.CancelledError  # the request's task cancelled here, as the harness's crash
+        return record
+
+    monkeypatch.setattr(rotator, "advance", dies_after_adding)
+    app = make_app(fake_azure)
+    request = create_body(app, rotation_block(app))
+    try:
+        answer: int | None = api.post(PREFIX, json=request).status_code
+    except httpx.TransportError:
+        answer = None  # the server dropped the request with its task
+    monkeypatch.undo()
+
+    assert answer is None or answer >= 500
+    assert len(app.broker_keys()) == 1, "the run added its secret before it died"
+    kept = [c for c in api.get(PREFIX).json()["items"] if c["name"] == request["name"]]
+    assert len(kept) == 1, "the connection stays while its first run is in flight"
+    made.ids.append(kept[0]["id"])
+    clock.advance(rotator.STUCK_AFTER + timedelta(minutes=1))
+    assert run_timer(broker).get("resumed") == 1  # the takeover finishes (or undoes) the run
+    assert_one_working_broker_secret(fake_azure, broker, app, kept[0]["id"])
