@@ -25,11 +25,15 @@ and the Azure stand-in:
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -297,6 +301,34 @@ def _lease(name: str, user: Any, tenant_id: str, app_id: str, ref: str, expires:
     )
 
 
+@contextlib.contextmanager
+def _revocation_times() -> Iterator[dict[str, float]]:
+    """Monotonic time of each `lease.revoked` event while open, by lease id. Not the leases'
+    `revokedAt`: this VM's wall clock drifts and steps against its monotonic one (up to 10 s
+    in a 56 s sweep was seen), which made the rates move with the clock, not with the sweep."""
+    from core import events
+
+    times: dict[str, float] = {}
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line = record.getMessage()
+            if line.startswith(events.PREFIX) and '"event":"lease.revoked"' in line:
+                times[json.loads(line[len(events.PREFIX) :])["leaseId"]] = time.monotonic()
+
+    handler = Handler()
+    level, propagate = events.log.level, events.log.propagate
+    events.log.addHandler(handler)
+    events.log.setLevel(logging.INFO)
+    events.log.propagate = False  # a thousand INFO lines would bury the tables
+    try:
+        yield times
+    finally:
+        events.log.removeHandler(handler)
+        events.log.setLevel(level)
+        events.log.propagate = propagate
+
+
 def _sweep_tenants(fake: Any, handle: Any, limits: list[float | None]) -> SimpleNamespace:
     """One sweep of PER_TENANT due leases in each of len(limits) tenants, each tenant's Graph
     limited to its requests/s (None: no limit). What it measures, per tenant."""
@@ -320,10 +352,10 @@ def _sweep_tenants(fake: Any, handle: Any, limits: list[float | None]) -> Simple
         if limit is not None:
             fake.set_graph_rate_limit(limit, burst=max(1.0, limit), tenant=tenant)
     fake.reset_counters()
-    sweep_started = clock.now()
-    started = time.perf_counter()
-    summary = handle.run(sweeper.sweep_expired_leases(), timeout=900)
-    sweep_s = time.perf_counter() - started
+    with _revocation_times() as revoked_when:
+        started = time.monotonic()
+        summary = handle.run(sweeper.sweep_expired_leases(), timeout=900)
+        sweep_s = time.monotonic() - started
     throttled = sum(1 for r in fake.request_log("graph") if r.status == 429)
     rows = [handle.run(get_lease(lease.id)) for lease in leases]
     for tenant, *_ in setups:
@@ -331,9 +363,9 @@ def _sweep_tenants(fake: Any, handle: Any, limits: list[float | None]) -> Simple
     clock.reset()
     revoked_at = [
         [
-            (r.revoked_at - sweep_started).total_seconds()
+            revoked_when[r.id] - started
             for r in rows[t * PER_TENANT : (t + 1) * PER_TENANT]
-            if r is not None and r.status == "revoked" and r.revoked_at is not None
+            if r is not None and r.status == "revoked" and r.id in revoked_when
         ]
         for t in range(len(limits))
     ]
