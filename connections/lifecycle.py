@@ -332,13 +332,18 @@ async def delete(
     record = await records.replace(
         record.model_copy(update={"status": store.DELETING, "updated_at": clock.isoformat(claimed)})
     )
-    hooks = hooks_for(spec.kind)
-    if hooks is not None and record.method in hooks.methods:
-        async with azure_gateway.deadline(claimed + DELETE_CLAIM):
-            await hooks.deleting(facts_of(spec, record), caller)
+    async with azure_gateway.deadline(claimed + DELETE_CLAIM):
+        await _deleting(spec, record, caller)
     await _remove(spec, record)
     await audit.record(caller, "connection.delete", spec.resource, record.id, detail=f"name={record.name}")
     return record
+
+
+async def _deleting(spec: KindSpec, record: ConnectionRecord, caller: Caller) -> None:
+    """The kind's hooks before a connection goes (rotation removes the broker-made secrets)."""
+    hooks = hooks_for(spec.kind)
+    if hooks is not None and record.method in hooks.methods:
+        await hooks.deleting(facts_of(spec, record), caller)
 
 
 async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, reason: str) -> None:
@@ -353,20 +358,18 @@ async def rollback_create(spec: KindSpec, connection_id: str, caller: Caller, re
         record = await store.get_record(spec.kind, connection_id)
     except Problem:
         return
-    hooks = hooks_for(spec.kind)
-    if hooks is not None and record.method in hooks.methods:
-        try:
-            await hooks.deleting(facts_of(spec, record), caller)
-        except Problem as refused:
-            await audit.record(
-                caller,
-                "connection.create",
-                spec.resource,
-                record.id,
-                "failure",
-                detail=f"{reason}; kept, not rolled back: {refused.detail}",
-            )
-            return
+    try:
+        await _deleting(spec, record, caller)
+    except Problem as refused:
+        await audit.record(
+            caller,
+            "connection.create",
+            spec.resource,
+            record.id,
+            "failure",
+            detail=f"{reason}; kept, not rolled back: {refused.detail}",
+        )
+        return
     await _remove(spec, record.model_copy(update={"etag": None}))
     await audit.record(
         caller, "connection.create", spec.resource, record.id, "failure", detail=f"rolled back: {reason}"

@@ -19,11 +19,10 @@ if TYPE_CHECKING:
     from rotation.rotator import Trigger
 
 
-async def rotate_now(
-    connection_id: str, caller: Caller, *, trigger: Trigger, record: RotationRecord | None = None
-) -> RotationRecord:
-    """Rotate right away (create, manual): 409 if another rotation is in flight."""
-    record = record or await store.load(connection_id)
+async def rotate_now(connection_id: str, caller: Caller, *, trigger: Trigger) -> RotationRecord:
+    """Rotate right away (manual): 409 if another rotation is in flight. A create's first run
+    does not come here: it is claimed with the row (`service.configure_rotation`)."""
+    record = await store.load(connection_id)
     if record is None or not record.client_secret_key_id or not record.app_object_id:
         raise Conflict(
             "rotation is not configured for this connection; set its rotation block first",

@@ -267,7 +267,7 @@ async def configure_rotation(
         if record.status == "disabled":
             record.status = "scheduled"
 
-    first_run = existing is None and on_create and settings.enabled
+    first_run = on_create and settings.enabled
     if first_run:
         record = await rotator.begin(record, caller, "create", new_row=True)
     elif existing is None:
