@@ -336,7 +336,6 @@ def _sweep_tenants(fake: Any, handle: Any, limits: list[float | None]) -> Simple
     from core import clock
     from core.secret_store import secret_store
     from leases import sweeper
-    from leases.records import get_lease
 
     setups = [_tenant(fake, PER_TENANT) for _ in limits]
     expires = clock.now() + timedelta(hours=1)
@@ -357,15 +356,14 @@ def _sweep_tenants(fake: Any, handle: Any, limits: list[float | None]) -> Simple
         summary = handle.run(sweeper.sweep_expired_leases(), timeout=900)
         sweep_s = time.monotonic() - started
     throttled = sum(1 for r in fake.request_log("graph") if r.status == 429)
-    rows = [handle.run(get_lease(lease.id)) for lease in leases]
     for tenant, *_ in setups:
         fake.set_graph_rate_limit(None, tenant=tenant)
     clock.reset()
-    revoked_at = [
+    revoked_at = [  # a lease's `lease.revoked` event is emitted once its row says `revoked`
         [
-            revoked_when[r.id] - started
-            for r in rows[t * PER_TENANT : (t + 1) * PER_TENANT]
-            if r is not None and r.status == "revoked" and r.id in revoked_when
+            revoked_when[lease.id] - started
+            for lease in leases[t * PER_TENANT : (t + 1) * PER_TENANT]
+            if lease.id in revoked_when
         ]
         for t in range(len(limits))
     ]
@@ -387,7 +385,7 @@ def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
     _, _, ceiling_rate = _rate(ceiling.revoked_at)
     rows_out: list[list[str]] = [
         [
-            "the nine tenants without any Graph limit",
+            f"the {others} tenants without any Graph limit",
             f"{ceiling_rate:.1f} per second",
             "what this machine's broker + Azurite + stand-in can do at all",
         ]
@@ -399,7 +397,7 @@ def _tenants_sweep(fake: Any, handle: Any) -> list[Table]:
         reach = "" if goal < ceiling_rate else f"; out of reach here (ceiling {ceiling_rate:.0f}/s)"
         rows_out += [
             [
-                f"the nine tenants at {limit:g} req/s each",
+                f"the {others} tenants at {limit:g} req/s each",
                 f"{revoked} / {others * PER_TENANT} revoked",
                 f"last at {last:.0f} s (goal: within {SWEEP_INTERVAL_S:.0f} s): "
                 + ("met" if revoked == others * PER_TENANT and last <= SWEEP_INTERVAL_S else "NOT met"),
